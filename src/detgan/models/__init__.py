@@ -1,0 +1,1 @@
+"""Networks: generators, critics, regressors and refiners (per-event outputs, no losses)."""

@@ -1,0 +1,1 @@
+"""Reference Monte Carlo simulators: air-shower arrays and e.m. calorimeter showers."""

@@ -1,0 +1,1 @@
+"""The paper studies end to end: footprint generation, refinement, calorimeter showers."""

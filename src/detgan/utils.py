@@ -1,0 +1,110 @@
+"""Small shared helpers: user-facing errors, devices, threads, seeding and atomic file writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DetganError",
+    "resolve_device",
+    "set_threads",
+    "seed_everything",
+    "atomic_output",
+    "check_output_path",
+    "available_cpus",
+]
+
+
+class DetganError(Exception):
+    """An error caused by the user's input; the CLI prints its message as one line.
+
+    The message names the problem and, where there is one, the fix.
+    """
+
+
+def available_cpus() -> int:
+    """Number of CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:i|mps`` into a :class:`torch.device`, checking it exists."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise DetganError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DetganError(f"device '{spec}' requested but CUDA is not available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DetganError(
+                f"device '{spec}' does not exist ({torch.cuda.device_count()} CUDA devices)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DetganError("device 'mps' requested but it is not available; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise DetganError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def set_threads(n: int | None) -> int:
+    """Set torch's intra-op thread count (``None`` or 0: all available cores); return it."""
+    if n is None or n <= 0:
+        n = available_cpus()
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch globally. Only the CLI and test fixtures call this."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Validate an output path before long work starts: refuse existing files unless asked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DetganError(f"output '{path}' already exists; pass --overwrite to replace it")
+    if path.exists() and path.is_dir() and not path.is_file():
+        raise DetganError(f"output '{path}' is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise DetganError(f"directory '{parent}' of output '{path}' does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise DetganError(f"directory '{parent}' is not writable; choose another output path")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    An exception (including KeyboardInterrupt) removes the temporary file, so no partial
+    output ever appears under the final name.
+    """
+    path = check_output_path(path, overwrite)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
