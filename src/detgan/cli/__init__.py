@@ -28,8 +28,15 @@ GROUPS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the problem and where to look."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"detgan: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="detgan",
         description="Fast particle-detector simulation with Wasserstein adversarial networks.",
     )

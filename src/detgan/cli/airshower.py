@@ -1,0 +1,144 @@
+"""Commands ``simulate airshower``, ``inspect`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from detgan.cli._common import add_output, add_seed
+from detgan.config import load_config_file, parse_assignments
+from detgan.io.native import open_h5, read_arrays, read_attrs
+from detgan.sim.airshower import PRESETS, VARIANTS, make_config
+from detgan.sim.run import write_airshower_file
+from detgan.utils import DetganError, check_output_path
+
+__all__ = ["register"]
+
+
+def register(commands, groups) -> None:
+    p = groups["simulate"].add_parser(
+        "airshower",
+        help="air-shower footprints and traces on a 9x9 array (Erdmann et al. 2018)",
+        description="Simulate cosmic-ray air showers with the parameterised model of "
+        "airshower.md and write them to an HDF5 file (datasets of airshower.md §16).",
+    )
+    p.add_argument("--preset", default="paper", choices=list(PRESETS),
+                   help="event-level sampling (default: %(default)s)")
+    p.add_argument("--variant", default="data", choices=list(VARIANTS),
+                   help="detector and composition knobs (default: %(default)s)")
+    p.add_argument("-n", "--events", type=int, required=True, help="number of events")
+    add_seed(p)
+    add_output(p, "output HDF5 file")
+    p.add_argument("--config", help="JSON or TOML file of parameter overrides")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="override one parameter, e.g. --set s0=800 (repeatable)")
+    p.add_argument("--store-components", action="store_true",
+                   help="also store the noiseless muon_traces and em_traces")
+    p.add_argument("--float16", action="store_true", help="store traces in half precision")
+    p.add_argument("--compression", choices=["none", "gzip", "lzf"], default=None,
+                   help="HDF5 compression filter (default: none)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="events simulated and written per step (default: 2000)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per available core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_simulate)
+
+    p = commands.add_parser("inspect", help="summarise a detgan file",
+                            description="Print events, datasets, energy range and provenance.")
+    p.add_argument("file", help="an HDF5 file written by detgan")
+    p.set_defaults(func=run_inspect)
+
+    p = commands.add_parser("demo", help="run the main job on a built-in default",
+                            description="Simulate a small 'paper' sample of both variants "
+                            "and print their summary.")
+    p.add_argument("-o", "--output", default="detgan-demo", help="output directory")
+    p.add_argument("-n", "--events", type=int, default=2000, help="events per variant")
+    p.add_argument("--overwrite", action="store_true", help="replace existing demo files")
+    add_seed(p)
+    p.set_defaults(func=run_demo)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    values = load_config_file(args.config) if args.config else {}
+    values.update(parse_assignments(args.set))
+    for name in ("preset", "variant"):
+        if name in values:
+            raise DetganError(f"set {name} with --{name}, not in the config overrides")
+    if args.store_components:
+        values["store_components"] = True
+    if args.float16:
+        values["traces_dtype"] = "float16"
+    if args.compression:
+        values["compression"] = args.compression
+    if args.batch_size is not None:
+        values["batch_size"] = args.batch_size
+    return values
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    if args.events < 1:
+        raise DetganError(f"-n/--events must be at least 1, got {args.events}")
+    if args.workers is not None and args.workers < 1:
+        raise DetganError(f"--workers must be at least 1, got {args.workers}")
+    cfg = make_config(args.preset, args.variant, **_overrides(args))
+    check_output_path(args.output, args.overwrite)
+    start = time.perf_counter()
+    path = write_airshower_file(cfg, args.events, args.seed, args.output,
+                                overwrite=args.overwrite, workers=args.workers,
+                                progress=not args.quiet)
+    elapsed = time.perf_counter() - start
+    print(f"wrote {args.events} events ({cfg.preset}/{cfg.variant}, seed {args.seed}) to "
+          f"{path} in {elapsed:.1f} s ({args.events / elapsed:.0f} events/s)")
+    return 0
+
+
+def airshower_summary(path: str | Path) -> list[str]:
+    """Lines describing an air-shower file: per-energy-bin multiplicity and footprint sums."""
+    a = read_arrays(path, ["energy", "footprint", "triggered"])
+    lines = ["  E [EeV]      events  <N_trig>  <sum log10(S+1)>"]
+    edges = [1, 10, 30, 60, 100]
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (a["energy"] >= lo) & (a["energy"] < hi)
+        if not sel.any():
+            continue
+        n_trig = a["triggered"][sel].sum(axis=(1, 2)).mean()
+        fp = a["footprint"][sel].sum(axis=(1, 2)).mean()
+        lines.append(f"  {lo:>3}-{hi:<3}  {sel.sum():>10}  {n_trig:>8.2f}  {fp:>16.2f}")
+    return lines
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    attrs = read_attrs(args.file)
+    with open_h5(args.file) as f:
+        datasets = {k: (f[k].shape, f[k].dtype) for k in f if hasattr(f[k], "shape")}
+    n = max((s[0] for s, _ in datasets.values() if s), default=0)
+    print(f"{args.file}: {n} events, kind {attrs.get('kind', 'unknown')}")
+    for name, (shape, dtype) in datasets.items():
+        print(f"  {name:<14} {str(shape):<20} {dtype}")
+    if "energy" in datasets:
+        energy = read_arrays(args.file, ["energy"])["energy"]
+        print(f"energy: {energy.min():.3g} - {energy.max():.3g} EeV (mean {energy.mean():.3g})")
+    keys = ("preset", "variant", "seed", "package_version", "overrides")
+    print("provenance: " + ", ".join(f"{k}={attrs[k]}" for k in keys if k in attrs))
+    if attrs.get("kind") == "airshower" and {"footprint", "triggered"} <= set(datasets):
+        print("\n".join(airshower_summary(args.file)))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for variant in VARIANTS:
+        path = out / f"paper-{variant}.h5"
+        if path.exists() and not args.overwrite:
+            print(f"using existing {path}")
+        else:
+            write_airshower_file(make_config("paper", variant), args.events, args.seed, path,
+                                 overwrite=args.overwrite)
+        print(f"\n'paper' preset, '{variant}' variant: {path}")
+        print("\n".join(airshower_summary(path)))
+    return 0
