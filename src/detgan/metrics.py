@@ -35,6 +35,18 @@ __all__ = [
     "ks_test",
     "separation_power",
     "default_bins",
+    "CellStatistics",
+    "CorrelationResult",
+    "MemorisationResult",
+    "PRDCResult",
+    "cell_statistics",
+    "correlation_matrix",
+    "correlation_mse",
+    "memorisation_check",
+    "frechet_physics_distance",
+    "kernel_physics_distance",
+    "fpd_batch_sizes",
+    "prdc",
     "roc_auc",
     "isotonic_fit",
     "classifier_two_sample_test",
@@ -237,6 +249,305 @@ def separation_power(
         p, q = cr / cr.sum(), cc / cc.sum()
         value = float(0.5 * np.sum((p - q) ** 2 / (p + q + _EPS_SEP)))
     return SeparationResult(value, ur, orf, uc, oc, nr, nc, ref.size, cand.size)
+
+
+# ----------------------------------------------------------------------------- per-cell statistics
+
+
+@dataclasses.dataclass(frozen=True)
+class CellStatistics:
+    """Per-cell means and variances (ddof = 1) of both samples and their ratios (§3.5).
+
+    Ratios are NaN where the reference value is 0. ``log1p_var_diff`` is
+    |log(1 + v_cand) − log(1 + v_ref)| per cell (v in squared input units).
+    """
+
+    mean_reference: np.ndarray
+    mean_candidate: np.ndarray
+    var_reference: np.ndarray
+    var_candidate: np.ndarray
+    mean_ratio: np.ndarray
+    var_ratio: np.ndarray
+    log1p_var_diff: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """Scalar summaries: mean/max |Δ log(1+v)|, median and 5 %/95 % of the ratios."""
+        out = {"log1p_var_diff_mean": float(np.mean(self.log1p_var_diff)),
+               "log1p_var_diff_max": float(np.max(self.log1p_var_diff))}
+        for name in ("mean_ratio", "var_ratio"):
+            r = getattr(self, name)
+            r = r[np.isfinite(r)]
+            q = np.percentile(r, [5, 50, 95]) if r.size else [float("nan")] * 3
+            out.update({f"{name}_p05": float(q[0]), f"{name}_median": float(q[1]),
+                        f"{name}_p95": float(q[2]), f"{name}_defined_cells": int(r.size)})
+        return out
+
+
+def cell_statistics(reference: Any, candidate: Any) -> CellStatistics:
+    """Per-cell mean m_c and variance v_c of (N, ...) and (M, ...) cell arrays (flattened per event).
+
+    Returns m_c^cand/m_c^ref, v_c^cand/v_c^ref (NaN where the reference is 0) and
+    |log(1 + v_c^cand) − log(1 + v_c^ref)| (Klein's display quantity), each of shape (D,).
+    """
+    ref, cand = check_samples(reference, candidate, what="cell_statistics")
+    ref, cand = ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)
+    if min(len(ref), len(cand)) < 2:
+        raise DetganError("cell_statistics needs at least 2 events per sample")
+    mr, mc = ref.mean(0), cand.mean(0)
+    vr, vc = ref.var(0, ddof=1), cand.var(0, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_ratio = np.where(mr != 0, mc / np.where(mr != 0, mr, 1), np.nan)
+        var_ratio = np.where(vr != 0, vc / np.where(vr != 0, vr, 1), np.nan)
+    return CellStatistics(mr, mc, vr, vc, mean_ratio, var_ratio, np.abs(np.log1p(vc) - np.log1p(vr)))
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrelationResult:
+    """MSE = (1/d²) Σ (C_ref − C_cand)² and the Frobenius norm of the difference (§3.5)."""
+
+    mse: float
+    frobenius: float
+    corr_reference: np.ndarray
+    corr_candidate: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mse": self.mse, "frobenius": self.frobenius, "d": int(len(self.corr_reference))}
+
+
+def correlation_matrix(x: Any) -> np.ndarray:
+    """Pearson correlation (d, d) of the columns of (N, d) ``x``; constant columns give 0 rows."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x.reshape(len(x), -1)
+    xc = x - x.mean(0)
+    sd = np.sqrt((xc**2).mean(0))
+    live = sd > 1e-12 * np.maximum(1.0, np.abs(x).max(0))
+    z = np.zeros_like(xc)
+    z[:, live] = xc[:, live] / sd[live]
+    return z.T @ z / len(x)
+
+
+def correlation_mse(reference: Any, candidate: Any) -> CorrelationResult:
+    """Correlation-matrix MSE of (N, d) and (M, d) samples (Klein; ``formats_and_metrics`` §3.5).
+
+    C is the Pearson correlation of each sample (a constant cell gets a zero row and column,
+    diagonal included); MSE = (1/d²) Σ_ij (C_ref − C_cand)², plus ‖C_ref − C_cand‖_F.
+    """
+    ref, cand = check_samples(reference, candidate, what="correlation_mse")
+    cr, cc = correlation_matrix(ref), correlation_matrix(cand)
+    diff = cr - cc
+    return CorrelationResult(float(np.mean(diff**2)), float(np.linalg.norm(diff)), cr, cc)
+
+
+# ----------------------------------------------------------------------------- neighbours
+
+
+def _min_distances(x: np.ndarray, pool: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Exact Euclidean distance from each row of x to its nearest row of pool (chunked)."""
+    pt = torch.as_tensor(pool, dtype=torch.float64)
+    out = []
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(torch.as_tensor(x[i : i + chunk], dtype=torch.float64), pt)
+        out.append(d.min(1).values)
+    return torch.cat(out).numpy()
+
+
+def _kth_radius(x: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Distance from each row of x to its k-th nearest other row of x (exact, chunked)."""
+    xt = torch.as_tensor(x, dtype=torch.float64)
+    out = []
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(xt[i : i + chunk], xt)
+        out.append(torch.topk(d, k + 1, dim=1, largest=False).values[:, k])
+    return torch.cat(out).numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorisationResult:
+    """Nearest-training-event distances of generated vs held-out events (§3.6)."""
+
+    median_ratio: float
+    fraction_below_p01: float
+    n_copies: int
+    ks_statistic: float
+    n: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def memorisation_check(
+    train: Any, held_out: Any, generated: Any, *, n: int = 10000, seed: int = 0
+) -> MemorisationResult:
+    """Memorisation check: does G sit closer to the training set T than held-out data H does?
+
+    Shapes (N_T, D), (N_H, D), (N_G, D). H and G are subsampled to the same size
+    (≤ ``n``, seeded); d_T(z) = min_t ‖z − t‖. Reports median d_T(G)/median d_T(H) (≈ 1 without
+    memorisation, ≪ 1 with), the fraction of G below the 1st percentile of d_T(H) (≈ 0.01),
+    the number of copies (d_T(g) ≤ 10⁻⁶ median d_T(H)) and the KS statistic of the two sets.
+    """
+    t = np.asarray(train, np.float64).reshape(len(train), -1)
+    h, g = check_samples(held_out, generated, what="memorisation_check")
+    h, g = h.reshape(len(h), -1), g.reshape(len(g), -1)
+    rng = np.random.default_rng(seed)
+    m = min(n, len(h), len(g))
+    h, g = h[rng.permutation(len(h))[:m]], g[rng.permutation(len(g))[:m]]
+    dh, dg = _min_distances(h, t), _min_distances(g, t)
+    med_h = float(np.median(dh))
+    ratio = float(np.median(dg) / med_h) if med_h > 0 else float("nan")
+    return MemorisationResult(
+        ratio, float(np.mean(dg < np.percentile(dh, 1))), int(np.sum(dg <= 1e-6 * med_h)),
+        ks_test(dh, dg).statistic, m, seed,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PRDCResult:
+    """Precision, recall, density and coverage (Naeem et al. 2020; §3.4)."""
+
+    precision: float
+    recall: float
+    density: float
+    coverage: float
+    k: int
+    n_reference: int
+    n_candidate: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def prdc(reference: Any, candidate: Any, *, k: int = 5, chunk: int = 2048) -> PRDCResult:
+    """PRDC of (N, D) reference X and (M, D) candidate Y with exact k-NN radii r_k (§3.4).
+
+    precision = mean_j 1[∃i: d(X_i, Y_j) < r_k(X_i)]; recall = mean_i 1[∃j: d(X_i, Y_j) < r_k(Y_j)];
+    density = (1/kM) Σ_j Σ_i 1[d(X_i, Y_j) < r_k(X_i)]; coverage = mean_i 1[min_j d(X_i, Y_j) < r_k(X_i)].
+    """
+    x, y = check_samples(reference, candidate, what="prdc")
+    x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    rx = torch.as_tensor(_kth_radius(x, k, chunk))
+    ry = torch.as_tensor(_kth_radius(y, k, chunk))
+    yt = torch.as_tensor(y, dtype=torch.float64)
+    hits_y = torch.zeros(len(y), dtype=torch.float64)
+    recall_x, cover_x = [], []
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(torch.as_tensor(x[i : i + chunk], dtype=torch.float64), yt)  # (c, M)
+        inside = d < rx[i : i + chunk, None]
+        hits_y += inside.double().sum(0)
+        recall_x.append((d < ry[None, :]).any(1))
+        cover_x.append(d.min(1).values < rx[i : i + chunk])
+    return PRDCResult(
+        float((hits_y > 0).double().mean()), float(torch.cat(recall_x).double().mean()),
+        float(hits_y.sum() / (k * len(y))), float(torch.cat(cover_x).double().mean()),
+        k, len(x), len(y),
+    )
+
+
+# ----------------------------------------------------------------------------- FPD / KPD
+
+
+def _max_abs_normalise(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scale = np.abs(x).max(0)
+    scale[scale == 0] = 1.0
+    return x / scale, y / scale
+
+
+def _frechet(x: np.ndarray, y: np.ndarray) -> float:
+    """FD = ‖μx − μy‖² + Tr(Σx + Σy − 2 (Σx Σy)^{1/2}), trace of the root via eigenvalues."""
+    mx, my = x.mean(0), y.mean(0)
+    sx, sy = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    for jitter in (0.0, 1e-6):
+        eye = jitter * np.eye(len(sx))
+        ev = np.linalg.eigvals((sx + eye) @ (sy + eye)).astype(complex)
+        tr_root = float(np.sum(np.sqrt(ev)).real)
+        fd = float(np.sum((mx - my) ** 2) + np.trace(sx) + np.trace(sy) - 2 * tr_root)
+        if math.isfinite(fd):
+            return fd
+    return float("nan")
+
+
+def fpd_batch_sizes(n_min: int = 10000, n_max: int = 50000, k: int = 10) -> np.ndarray:
+    """N_k = ⌊1 / (1/N_min + k (1/N_max − 1/N_min)/(K − 1))⌋, k = 0 … K−1 (§3.3)."""
+    # np.linspace reproduces the published rounding (49999, not 50000, for N_max = 50000)
+    return (1.0 / np.linspace(1.0 / n_min, 1.0 / n_max, k)).astype(int)
+
+
+def frechet_physics_distance(
+    reference: Any, candidate: Any, *, n_min: int = 10000, n_max: int = 50000,
+    n_sizes: int = 10, n_bootstrap: int = 20, normalise: bool = True, seed: int = 42,
+) -> Distance:
+    """Fréchet physics distance, extrapolated to infinite N (Kansal et al., arXiv:2211.10295).
+
+    (N, d) and (M, d) features, normalised by the reference column max |x| (``normalise``).
+    For each batch size N_k (:func:`fpd_batch_sizes`) average FD over ``n_bootstrap`` draws with
+    replacement, fit FD̄(N) = a + b/N with a, b ≥ 0; FPD = a, error = standard error of a
+    (residual variance SSR/(K − 2)). Not multiplied by 10³ here.
+    """
+    x, y = check_samples(reference, candidate, ndim=2, what="frechet_physics_distance")
+    if normalise:
+        x, y = _max_abs_normalise(x, y)
+    rng = np.random.default_rng(seed)
+    sizes = fpd_batch_sizes(n_min, n_max, n_sizes)
+    means = np.array([
+        np.mean([_frechet(x[rng.integers(0, len(x), nk)], y[rng.integers(0, len(y), nk)])
+                 for _ in range(n_bootstrap)])
+        for nk in sizes
+    ])
+    a, err = _fit_intercept(1.0 / sizes, means)
+    return Distance(a, err, len(x), len(y), seed)
+
+
+def _fit_intercept(u: np.ndarray, f: np.ndarray) -> tuple[float, float]:
+    """Least squares f = a + b u with a, b ≥ 0; returns (a, standard error of a)."""
+    design = np.stack([np.ones_like(u), u], 1)
+    coef = np.linalg.lstsq(design, f, rcond=None)[0]
+    if coef[1] < 0:  # constrained optimum on the b = 0 face
+        coef = np.array([f.mean(), 0.0])
+    if coef[0] < 0:  # on the a = 0 face
+        coef = np.array([0.0, max(0.0, float(u @ f / (u @ u)))])
+    ssr = float(np.sum((design @ coef - f) ** 2))
+    cov = ssr / max(len(u) - 2, 1) * np.linalg.inv(design.T @ design)
+    return float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
+
+
+def _mmd2_poly(x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> float:
+    """Unbiased MMD² with k(a, b) = (a·b/d + 1)⁴, block-wise to bound memory."""
+    d = x.shape[1]
+
+    def ksum(a: torch.Tensor, b: torch.Tensor, same: bool) -> float:
+        total = 0.0
+        for i in range(0, len(a), chunk):
+            z = (a[i : i + chunk] @ b.T).div_(d).add_(1.0)
+            total += float(z.square_().square_().sum())
+        if same:
+            total -= float(((a * a).sum(1) / d + 1.0).square().square().sum())
+        return total
+
+    m, n = len(x), len(y)
+    return (ksum(x, x, True) / (m * (m - 1)) + ksum(y, y, True) / (n * (n - 1))
+            - 2.0 * ksum(x, y, False) / (m * n))
+
+
+def kernel_physics_distance(
+    reference: Any, candidate: Any, *, n_batches: int = 10, batch_size: int = 10000,
+    normalise: bool = True, seed: int = 42,
+) -> Distance:
+    """Kernel physics distance: median unbiased MMD² over batches (arXiv:2211.10295; §3.3).
+
+    Batch i draws ``batch_size`` rows of each sample with replacement (seed + 1000 i); kernel
+    (x·y/d + 1)⁴. Value = median, error = half the 16.275–83.725 percentile range.
+    """
+    x, y = check_samples(reference, candidate, ndim=2, what="kernel_physics_distance")
+    if normalise:
+        x, y = _max_abs_normalise(x, y)
+    vals = []
+    for i in range(n_batches):
+        rng = np.random.default_rng(seed + 1000 * i)
+        xb = torch.as_tensor(x[rng.integers(0, len(x), batch_size)])
+        yb = torch.as_tensor(y[rng.integers(0, len(y), batch_size)])
+        vals.append(_mmd2_poly(xb, yb))
+    lo, hi = np.percentile(vals, [16.275, 83.725])
+    return Distance(float(np.median(vals)), float((hi - lo) / 2), len(x), len(y), seed)
 
 
 # ----------------------------------------------------------------------------- classifier test
