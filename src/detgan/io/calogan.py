@@ -135,7 +135,7 @@ class Writer:
         if layout != CALOGAN:
             raise DetganError(
                 f"cannot write '{getattr(layout, 'name', layout.kind)}' showers as CaloGAN: "
-                "the cell layouts differ"
+                "the cell layouts differ; use --to native"
             )
         specs = {
             "energy": ((1,), "float32"),

@@ -200,7 +200,7 @@ class Writer:
         if getattr(layout, "name", None) != "lhcb-ecal":
             raise DetganError(
                 f"cannot write '{getattr(layout, 'name', layout.kind)}' showers as LHCb .npz: "
-                "the cell layouts differ"
+                "the cell layouts differ; use --to native"
             )
         check_output_path(path, overwrite)
         self.path, self.n_events, self.overwrite = path, n_events, overwrite

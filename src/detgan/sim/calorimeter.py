@@ -39,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -357,13 +358,10 @@ def _bin_positions(
 
 # --------------------------------------------------------------------------- batches and files
 
-_BINNERS: dict[str, SpotBinner] = {}
 
-
-def _binner(name: str) -> SpotBinner:
-    if name not in _BINNERS:
-        _BINNERS[name] = SpotBinner(get_geometry(name))
-    return _BINNERS[name]
+@functools.lru_cache(maxsize=16)
+def _binner(geo: CaloGeometry) -> SpotBinner:
+    return SpotBinner(geo)
 
 
 def _per_cell(geo: CaloGeometry, values: tuple[float, ...]) -> np.ndarray:
@@ -380,7 +378,8 @@ def simulate_batch(cfg: CaloSimConfig, seed: int, batch: int, n: int) -> Showers
     or ``cell_eta``/``cell_phi`` (n, V).
     """
     rng = np.random.default_rng([seed, batch])
-    geo, binner = cfg.geo, _binner(cfg.geometry)
+    geo = cfg.geo
+    binner = _binner(geo)
     prim = sample_primaries(cfg, n, rng)
     par = _shower_parameters(cfg, prim, rng)
     hist = np.empty((n, binner.n_hist), dtype=np.float32)
