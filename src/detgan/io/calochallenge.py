@@ -257,7 +257,8 @@ class Writer:
     ) -> None:
         if layout.kind != "calochallenge":
             raise DetganError(
-                f"cannot write '{layout.name}' showers as CaloChallenge: the cell layouts differ"
+                f"cannot write '{layout.name}' showers as CaloChallenge: "
+                "the cell layouts differ; use --to native"
             )
         if dtype not in ("float32", "float64"):
             raise DetganError(f"CaloChallenge dtype must be float32 or float64, got '{dtype}'")
