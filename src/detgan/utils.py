@@ -8,8 +8,12 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: `detgan simulate` never needs it
+    import torch
 
 __all__ = [
     "DetganError",
@@ -39,6 +43,8 @@ def available_cpus() -> int:
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """Turn ``auto|cpu|cuda|cuda:i|mps`` into a :class:`torch.device`, checking it exists."""
+    import torch
+
     spec = spec.strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():
@@ -64,6 +70,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 def set_threads(n: int | None) -> int:
     """Set torch's intra-op thread count (``None`` or 0: all available cores); return it."""
+    import torch
+
     if n is None or n <= 0:
         n = available_cpus()
     torch.set_num_threads(n)
@@ -72,6 +80,8 @@ def set_threads(n: int | None) -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch globally. Only the CLI and test fixtures call this."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -295,24 +295,21 @@ def bin_delays(
     sigma: float,
     n_bins: int,
     bin_width: float,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Histogram ``counts[k]`` delays t = shift[k] + LogNormal(median[k], sigma) into bins.
 
-    ``counts`` etc. have shape (R,); returns (R, n_bins) float32 counts; delays beyond the
-    window are discarded. Rows with few particles draw each delay, the others one multinomial
-    over the bins plus overflow (identical distributions, airshower.md §10).
+    ``counts`` etc. have shape (R,); the (R, n_bins) float32 counts are added to ``out``
+    (new zeros if None) and returned; delays beyond the window are discarded. Rows with few
+    particles draw each delay, the others one multinomial over the bins plus overflow
+    (identical distributions, airshower.md §10).
     """
-    out = np.zeros((len(counts), n_bins), dtype=np.float32)
+    if out is None:
+        out = np.zeros((len(counts), n_bins), dtype=np.float32)
     small = np.flatnonzero((counts > 0) & (counts <= PER_PARTICLE_LIMIT))
+    for rows in np.array_split(small, max(1, small.size // 20_000)):
+        _bin_particles(rng, rows, counts, shift, median, sigma, bin_width, out)
     large = np.flatnonzero(counts > PER_PARTICLE_LIMIT)
-    if small.size:
-        row = np.repeat(small, counts[small])
-        t = shift[row] + median[row] * np.exp(sigma * rng.standard_normal(row.size))
-        b = np.floor(t / bin_width).astype(np.int64)
-        b[t == n_bins * bin_width] = n_bins - 1
-        keep = b < n_bins
-        flat = np.bincount(row[keep] * n_bins + b[keep], minlength=len(counts) * n_bins)
-        np.copyto(out, flat.reshape(len(counts), n_bins), casting="unsafe")
     if large.size:
         edges = bin_width * np.arange(n_bins + 1)
         lag = np.maximum(edges[None, :] - shift[large, None], 0.0)
@@ -324,8 +321,23 @@ def bin_delays(
         p[:, n_bins] = 1.0 - cdf[:, -1]
         p = np.clip(p, 0.0, None)
         p /= p.sum(axis=1, keepdims=True)
-        out[large] = rng.multinomial(counts[large], p)[:, :n_bins]
+        out[large] += rng.multinomial(counts[large], p)[:, :n_bins]
     return out
+
+
+def _bin_particles(rng, rows, counts, shift, median, sigma, bin_width, out) -> None:
+    """Per-particle path of :func:`bin_delays` for the given rows (adds into ``out``)."""
+    if rows.size == 0:
+        return
+    n_bins = out.shape[1]
+    row = np.repeat(np.arange(rows.size), counts[rows])
+    src = rows[row]
+    t = shift[src] + median[src] * np.exp(sigma * rng.standard_normal(row.size))
+    b = np.floor(t / bin_width).astype(np.int64)
+    b[t == n_bins * bin_width] = n_bins - 1
+    keep = b < n_bins
+    hist = np.bincount(row[keep] * n_bins + b[keep], minlength=rows.size * n_bins)
+    out[rows] += hist.reshape(rows.size, n_bins)
 
 
 def _geometry(cfg: AirshowerConfig, ev: dict[str, np.ndarray], pos: np.ndarray):
@@ -383,15 +395,18 @@ def simulate_batch(
     m_mu, m_em, delta = time_medians(cfg, r, dx)
     sig, bw = cfg.time_sigma_ln, cfg.bin_width
     h_mu = bin_delays(rng_bin, n_mu.ravel(), np.zeros(n * k), m_mu.ravel(), sig, t_bins, bw)
-    h_em = bin_delays(rng_bin, n_em.ravel(), delta.ravel(), m_em.ravel(), sig, t_bins, bw)
+    if cfg.store_components:
+        h_em = bin_delays(rng_bin, n_em.ravel(), delta.ravel(), m_em.ravel(), sig, t_bins, bw)
+        recorded = h_mu + h_em
+    else:  # accumulate both components in one buffer: memory, not physics
+        recorded = bin_delays(rng_bin, n_em.ravel(), delta.ravel(), m_em.ravel(), sig, t_bins,
+                              bw, out=h_mu)
     grid = (n, cfg.n_side, cfg.n_side)
-    h_mu, h_em = h_mu.reshape(*grid, t_bins), h_em.reshape(*grid, t_bins)
-    clean = h_mu + h_em
-    recorded = _add_noise(cfg, clean, rng_noise)
+    s_station = recorded.sum(-1, dtype=np.float64).reshape(n, k)
+    recorded = _add_noise(cfg, recorded.reshape(*grid, t_bins), rng_noise)
     total = recorded.sum(axis=-1, dtype=np.float64)
     triggered = total >= cfg.threshold
     recorded *= triggered[..., None]
-    s_station = clean.sum(-1, dtype=np.float64).reshape(n, k)
     times = _arrival_time(cfg, ev, pos, s, s_station, g_jitter, u_offset).reshape(grid)
     out = {
         "traces": _store_traces(cfg, recorded),
@@ -405,7 +420,8 @@ def simulate_batch(
         "axis": ev["axis"],
     }
     if cfg.store_components:
-        out["muon_traces"], out["em_traces"] = h_mu, h_em
+        out["muon_traces"] = h_mu.reshape(*grid, t_bins)
+        out["em_traces"] = h_em.reshape(*grid, t_bins)
     return out
 
 
@@ -414,21 +430,22 @@ def _fluctuate(mean: np.ndarray, width: float, g: np.ndarray) -> np.ndarray:
     return np.maximum(np.trunc(mean + width * np.sqrt(mean) * g), 0).astype(np.int64)
 
 
-def _add_noise(cfg: AirshowerConfig, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _add_noise(cfg: AirshowerConfig, trace: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Relative noise, then pedestal ν(1 + 0.5·g), then clip at 0 (§12), in float32.
 
-    Written in place on two buffers: these passes over (B, 9, 9, 80) arrays dominate the cost.
+    Modifies and returns ``trace`` (B, n, n, T); one scratch buffer holds the deviates, since
+    these passes over the trace cube dominate time and memory.
     """
     f32 = np.float32
-    rec = rng.standard_normal(clean.shape, dtype=f32)
-    rec *= f32(cfg.relative_noise)
-    rec += f32(1.0)
-    rec *= clean
-    ped = rng.standard_normal(clean.shape, dtype=f32)
-    ped *= f32(cfg.noise_level * cfg.pedestal_spread)
-    ped += f32(cfg.noise_level)
-    rec += ped
-    return np.maximum(rec, f32(0.0), out=rec)
+    g = rng.standard_normal(trace.shape, dtype=f32)
+    g *= f32(cfg.relative_noise)
+    g += f32(1.0)
+    trace *= g
+    rng.standard_normal(dtype=f32, out=g)
+    g *= f32(cfg.noise_level * cfg.pedestal_spread)
+    g += f32(cfg.noise_level)
+    trace += g
+    return np.maximum(trace, f32(0.0), out=trace)
 
 
 def _store_traces(cfg: AirshowerConfig, recorded: np.ndarray) -> np.ndarray:
