@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from detgan.io.native import H5Writer, iter_chunks, read_arrays, read_attrs, write_arrays
+from detgan.io.native import H5Writer, centre_hottest, iter_chunks, read_arrays, read_attrs, write_arrays
 from detgan.utils import DetganError
 
 
@@ -86,3 +86,18 @@ def test_truncated_and_missing_files(tmp_path):
         read_arrays(tmp_path / "t.h5")
     with pytest.raises(DetganError, match="file '.*nope.h5' not found"):
         read_arrays(tmp_path / "nope.h5")
+
+
+def test_centre_hottest_translates_without_wrapping():
+    fp = np.zeros((2, 9, 9), np.float32)
+    fp[0, 6, 2] = 5.0  # hottest at (6, 2): shift by (-2, +2)
+    fp[0, 8, 0] = 1.0  # moves to (6, 2)
+    fp[0, 0, 8] = 3.0  # shifted out of the grid
+    fp[1, 4, 4] = 2.0  # already centred
+    fp[1, 4, 5] = 2.0  # a tie: the first in row-major order wins
+    traces = np.repeat(fp[..., None], 3, axis=-1)
+    out_fp, out_tr = centre_hottest(fp, traces)
+    assert out_fp[0, 4, 4] == 5.0 and out_fp[0, 6, 2] == 1.0 and out_fp.sum() == 6.0 + 4.0
+    assert np.array_equal(out_fp[1], fp[1])
+    assert np.array_equal(out_tr[..., 1], out_fp)
+    assert np.all(out_fp.reshape(2, -1).argmax(axis=1) == 40)

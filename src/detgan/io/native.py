@@ -29,6 +29,7 @@ __all__ = [
     "iter_chunks",
     "check_arrays",
     "n_events",
+    "centre_hottest",
     "AIRSHOWER_SCHEMA",
 ]
 
@@ -268,3 +269,28 @@ def n_events(path: str | os.PathLike, name: str) -> int:
     """Number of events in dataset ``name`` of a file (validated)."""
     with open_h5(path) as f:
         return _validate_layout(f, [name], {})
+
+
+def centre_hottest(footprint: np.ndarray, *per_station: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Shift each event so that its hottest station sits at the centre (airshower.md §17).
+
+    ``footprint`` (N, n, n) and any other per-station arrays (N, n, n, ...) of the same events
+    are translated in index space by (c − i*, c − j*), c = (n − 1)/2; positions shifted in
+    from outside are 0, nothing wraps around. Ties go to the first station in row-major order.
+    A loading option only: files are never modified. Returns the shifted arrays in order.
+    """
+    n_ev, n = footprint.shape[0], footprint.shape[1]
+    hottest = footprint.reshape(n_ev, -1).argmax(axis=1)
+    di = (n - 1) // 2 - hottest // n
+    dj = (n - 1) // 2 - hottest % n
+    grid = np.arange(n)
+    src_i = grid[None, :, None] - di[:, None, None]  # (N, n, 1)
+    src_j = grid[None, None, :] - dj[:, None, None]  # (N, 1, n)
+    inside = (src_i >= 0) & (src_i < n) & (src_j >= 0) & (src_j < n)
+    events = np.arange(n_ev)[:, None, None]
+    out = []
+    for a in (footprint, *per_station):
+        shifted = a[events, np.clip(src_i, 0, n - 1), np.clip(src_j, 0, n - 1)]
+        mask = inside.reshape(inside.shape + (1,) * (a.ndim - 3))
+        out.append(np.where(mask, shifted, np.zeros((), a.dtype)))
+    return tuple(out)
