@@ -21,8 +21,9 @@ from detgan.sim.geometry import (
 from detgan.utils import DetganError
 
 
-@pytest.mark.parametrize(("name", "n_voxels"), [("1-photons", 368), ("1-pions", 533),
-                                                ("2", 6480), ("3", 40500)])
+@pytest.mark.parametrize(
+    ("name", "n_voxels"), [("1-photons", 368), ("1-pions", 533), ("2", 6480), ("3", 40500)]
+)
 def test_builtin_binning_sizes(name, n_voxels):
     assert BINNINGS[name].n_cells == n_voxels
     assert binning_for_voxels(n_voxels) is BINNINGS[name]
@@ -48,13 +49,15 @@ def test_check_values_of_voxel_coordinates():
     c2 = BINNINGS["2"].voxel_centres()
     np.testing.assert_allclose(
         [c2["r"][0], c2["alpha"][0], c2["eta"][0], c2["phi"][0]],
-        [2.325, -2.945243, -2.280326, -0.453585], atol=1e-6,
+        [2.325, -2.945243, -2.280326, -0.453585],
+        atol=1e-6,
     )
     c1 = BINNINGS["1-photons"].voxel_centres()
     assert c1["layer"][8] == 1
     np.testing.assert_allclose(
         [c1["r"][8], c1["alpha"][8], c1["eta"][8], c1["phi"][8]],
-        [1.0, -2.827433, -0.951057, -0.309017], atol=1e-6,
+        [1.0, -2.827433, -0.951057, -0.309017],
+        atol=1e-6,
     )
     assert BINNINGS["2"].images(np.zeros((4, 6480)))["layer_44"].shape == (4, 16, 9)
 
@@ -112,8 +115,9 @@ def test_spot_binner_atlas_layers_and_cells():
     # dead material and leakage go to the lost slot 89 + 4 = 93; middle centre is cell 10
     assert slots[0] == 93 and slots[-1] == 93 and slots[3] == 10
     assert slots[1] == 69 + 1 * 2 + 1 and slots[4] == 75 + 1 * 7 + 3  # ps (1, 1), back (1, 3)
-    far = b.bin_xy(np.array([500.0], np.float32), np.zeros(1, np.float32),
-                   np.array([10.0], np.float32))
+    far = b.bin_xy(
+        np.array([500.0], np.float32), np.zeros(1, np.float32), np.array([10.0], np.float32)
+    )
     assert far[0] == 89 + 0  # overflow of the middle layer
 
 
@@ -126,6 +130,7 @@ def test_spot_binner_polar_matches_flat_index():
     # layer 1: j=0, i=0 -> 8; j=9, i=7 (15-20 mm) -> 8 + 9*16 + 7; layer 2: j=5, i=1 -> 168+5*19+1
     assert slots.tolist()[:4] == [8, 8 + 9 * 16 + 7, 168 + 5 * 19 + 1, 363 + 1]
     assert slots[4] == 368 + 24  # behind the calorimeter: lost
-    xy = b.bin_cartesian_polar(np.array([-1.0], np.float32), np.array([-0.1], np.float32),
-                               np.array([3.0], np.float32))
+    xy = b.bin_cartesian_polar(
+        np.array([-1.0], np.float32), np.array([-0.1], np.float32), np.array([3.0], np.float32)
+    )
     assert xy[0] == 8  # α ≈ -π lands in the first α bin

@@ -39,8 +39,18 @@ def fine(monkeypatch):
         "electron", 11, tuple(BinningLayer(k, edges, 1) for k in range(N_LAYERS)), "fine"
     )
     depths = tuple((k * LAYER_X0, (k + 1) * LAYER_X0) for k in range(N_LAYERS))
-    geo = CaloGeometry("fine", binning, PB, depths, (0.0,) * N_LAYERS, (0.0,) * N_LAYERS,
-                       "electron", "uniform", (1000.0, 100_000.0), "calochallenge")
+    geo = CaloGeometry(
+        "fine",
+        binning,
+        PB,
+        depths,
+        (0.0,) * N_LAYERS,
+        (0.0,) * N_LAYERS,
+        "electron",
+        "uniform",
+        (1000.0, 100_000.0),
+        "calochallenge",
+    )
     monkeypatch.setitem(geometry_module.GEOMETRIES, "fine", geo)
     return geo
 
@@ -116,7 +126,9 @@ def test_lateral_containment_and_spread(fine):
     r = (np.arange(100) + 0.5) * R_STEP
     per_layer = deposits.sum(axis=0)
     mean_r = (per_layer * r).sum(axis=1) / np.maximum(per_layer.sum(axis=1), 1e-9)
-    assert mean_r[4 * 16: 4 * 20].mean() > 2 * mean_r[4 * 2: 4 * 4].mean()  # tails widen with depth
+    assert (
+        mean_r[4 * 16 : 4 * 20].mean() > 2 * mean_r[4 * 2 : 4 * 4].mean()
+    )  # tails widen with depth
 
 
 def test_response_is_linear_and_resolution_scales_with_sqrt_e(fine):
@@ -188,9 +200,7 @@ def test_thresholds_noise_and_conditions_of_the_geometries():
 def test_config_errors_are_one_line():
     with pytest.raises(DetganError) as err:
         CaloSimConfig(geometry="atlas-cluster", energy=50.0)
-    assert str(err.value) == (
-        "energy=50 MeV is below the parameterisation's range; use >= 100 MeV"
-    )
+    assert str(err.value) == ("energy=50 MeV is below the parameterisation's range; use >= 100 MeV")
     with pytest.raises(DetganError, match=r"^unknown particle 'muon'; choose default, photon"):
         CaloSimConfig(particle="muon")
     with pytest.raises(DetganError, match=r"^unknown setting\(s\) spots for CaloSimConfig"):
