@@ -45,9 +45,27 @@ def _tree_rss_mb(pid: int) -> float:
 def run_once(events: int, variant: str, workers: int, directory: str) -> tuple[float, float]:
     """Wall time (s) and peak tree RSS (MB) of one simulate command."""
     out = Path(directory) / f"bench-{variant}-{events}-{workers}.h5"
-    cmd = [sys.executable, "-m", "detgan", "simulate", "airshower", "--preset", "paper",
-           "--variant", variant, "-n", str(events), "--seed", "1", "-o", str(out),
-           "--workers", str(workers), "--overwrite", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "detgan",
+        "simulate",
+        "airshower",
+        "--preset",
+        "paper",
+        "--variant",
+        variant,
+        "-n",
+        str(events),
+        "--seed",
+        "1",
+        "-o",
+        str(out),
+        "--workers",
+        str(workers),
+        "--overwrite",
+        "--quiet",
+    ]
     peak = [0.0]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
@@ -66,8 +84,11 @@ def run_once(events: int, variant: str, workers: int, directory: str) -> tuple[f
     out.unlink(missing_ok=True)
     if code != 0:
         raise SystemExit(f"simulate failed with exit code {code}")
-    print(f"  {events:>7} {variant:<5} workers={workers}: {elapsed:6.1f} s, "
-          f"peak {peak[0]:6.0f} MB, file {size:.2f} GB", flush=True)
+    print(
+        f"  {events:>7} {variant:<5} workers={workers}: {elapsed:6.1f} s, "
+        f"peak {peak[0]:6.0f} MB, file {size:.2f} GB",
+        flush=True,
+    )
     return elapsed, peak[0]
 
 
@@ -80,25 +101,38 @@ def main() -> None:
     parser.add_argument("--dir", default=tempfile.gettempdir())
     parser.add_argument("--json", help="also write the rows as JSON")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.2f}; python {platform.python_version()}")
-    print("timer: whole `detgan simulate airshower --preset paper` command incl. HDF5 write; "
-          "float32 traces, batch 2000 events, no compression")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.2f}; python {platform.python_version()}"
+    )
+    print(
+        "timer: whole `detgan simulate airshower --preset paper` command incl. HDF5 write; "
+        "float32 traces, batch 2000 events, no compression"
+    )
     rows = []
     for events in args.events:
         for variant in args.variants:
             for workers in args.workers:
                 runs = [run_once(events, variant, workers, args.dir) for _ in range(args.repeats)]
                 wall = statistics.median(r[0] for r in runs)
-                rows.append({"events": events, "variant": variant, "workers": workers,
-                             "seconds": wall, "events_per_s": events / wall,
-                             "ms_per_event": 1e3 * wall / events,
-                             "peak_rss_mb": max(r[1] for r in runs)})
+                rows.append(
+                    {
+                        "events": events,
+                        "variant": variant,
+                        "workers": workers,
+                        "seconds": wall,
+                        "events_per_s": events / wall,
+                        "ms_per_event": 1e3 * wall / events,
+                        "peak_rss_mb": max(r[1] for r in runs),
+                    }
+                )
     print("\n| events | variant | workers | wall [s] | events/s | ms/event | peak RSS [MB] |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['events']} | {r['variant']} | {r['workers']} | {r['seconds']:.1f} | "
-              f"{r['events_per_s']:.0f} | {r['ms_per_event']:.3f} | {r['peak_rss_mb']:.0f} |")
+        print(
+            f"| {r['events']} | {r['variant']} | {r['workers']} | {r['seconds']:.1f} | "
+            f"{r['events_per_s']:.0f} | {r['ms_per_event']:.3f} | {r['peak_rss_mb']:.0f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -26,17 +26,44 @@ def _run(capsys, *argv):
 
 def test_simulate_writes_the_spec_layout(tmp_path, capsys):
     out = tmp_path / "a.h5"
-    code, stdout, _ = _run(capsys, "simulate", "airshower", "--preset", "reconstruction",
-                           "--variant", "sim", "-n", "250", "--seed", "4", "-o", str(out),
-                           "--store-components", "--batch-size", "100", "--workers", "2",
-                           "--set", "s0=850", "--quiet")
+    code, stdout, _ = _run(
+        capsys,
+        "simulate",
+        "airshower",
+        "--preset",
+        "reconstruction",
+        "--variant",
+        "sim",
+        "-n",
+        "250",
+        "--seed",
+        "4",
+        "-o",
+        str(out),
+        "--store-components",
+        "--batch-size",
+        "100",
+        "--workers",
+        "2",
+        "--set",
+        "s0=850",
+        "--quiet",
+    )
     assert code == 0 and "wrote 250 events" in stdout
     a = read_arrays(out)
-    expected = {"traces": ((9, 9, 80), "float32"), "triggered": ((9, 9), "bool"),
-                "arrival_time": ((9, 9), "float32"), "footprint": ((9, 9), "float32"),
-                "energy": ((), "float64"), "log10_energy": ((), "float64"),
-                "xmax": ((), "float64"), "core": ((3,), "float64"), "axis": ((3,), "float64"),
-                "muon_traces": ((9, 9, 80), "float32"), "em_traces": ((9, 9, 80), "float32")}
+    expected = {
+        "traces": ((9, 9, 80), "float32"),
+        "triggered": ((9, 9), "bool"),
+        "arrival_time": ((9, 9), "float32"),
+        "footprint": ((9, 9), "float32"),
+        "energy": ((), "float64"),
+        "log10_energy": ((), "float64"),
+        "xmax": ((), "float64"),
+        "core": ((3,), "float64"),
+        "axis": ((3,), "float64"),
+        "muon_traces": ((9, 9, 80), "float32"),
+        "em_traces": ((9, 9, 80), "float32"),
+    }
     assert set(a) == set(expected)
     for name, (shape, dtype) in expected.items():
         assert a[name].shape == (250, *shape) and a[name].dtype == dtype, name
@@ -57,8 +84,10 @@ def test_simulate_writes_the_spec_layout(tmp_path, capsys):
 
 def test_float16_option(tmp_path, capsys):
     out = tmp_path / "h.h5"
-    assert _run(capsys, "simulate", "airshower", "-n", "20", "-o", str(out), "--float16",
-                "--quiet")[0] == 0
+    assert (
+        _run(capsys, "simulate", "airshower", "-n", "20", "-o", str(out), "--float16", "--quiet")[0]
+        == 0
+    )
     assert read_arrays(out, ["traces"])["traces"].dtype == np.float16
 
 
@@ -66,8 +95,21 @@ def test_config_file_overrides(tmp_path, capsys):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"energy_min": 10, "energy_max": 20}))
     out = tmp_path / "a.h5"
-    assert _run(capsys, "simulate", "airshower", "-n", "50", "-o", str(out), "--config",
-                str(cfg), "--quiet")[0] == 0
+    assert (
+        _run(
+            capsys,
+            "simulate",
+            "airshower",
+            "-n",
+            "50",
+            "-o",
+            str(out),
+            "--config",
+            str(cfg),
+            "--quiet",
+        )[0]
+        == 0
+    )
     energy = read_arrays(out, ["energy"])["energy"]
     assert energy.min() >= 10 and energy.max() <= 20
     assert read_attrs(out)["overrides"] == ["energy_min", "energy_max"]
@@ -82,7 +124,10 @@ def test_config_file_overrides(tmp_path, capsys):
         (["-n", "5", "--set", "energy_min=-1"], "detgan: error: energy_min=-1.0 must be positive"),
         (["-n", "5", "--set", "s0"], "detgan: error: --set expects key=value, got 's0'"),
         (["-n", "5", "--workers", "0"], "detgan: error: --workers must be at least 1, got 0"),
-        (["-n", "5", "--config", "missing.json"], "detgan: error: config file 'missing.json' not found"),
+        (
+            ["-n", "5", "--config", "missing.json"],
+            "detgan: error: config file 'missing.json' not found",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_no_file(tmp_path, capsys, args, message):
@@ -99,7 +144,9 @@ def test_existing_output_and_unwritable_directory(tmp_path, capsys):
     code, _, err = _run(capsys, "simulate", "airshower", "-n", "5", "-o", str(out))
     assert code == 2 and "already exists; pass --overwrite" in err
     assert out.read_text() == "keep me"
-    code, _, err = _run(capsys, "simulate", "airshower", "-n", "5", "-o", str(tmp_path / "no" / "a.h5"))
+    code, _, err = _run(
+        capsys, "simulate", "airshower", "-n", "5", "-o", str(tmp_path / "no" / "a.h5")
+    )
     assert code == 2 and "does not exist; create it first" in err
 
 
@@ -120,6 +167,7 @@ def test_inspect_refuses_corrupt_file(tmp_path, capsys):
 
 
 def test_module_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "detgan", "--version"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "detgan", "--version"], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == f"detgan {__version__}"

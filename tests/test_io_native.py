@@ -6,7 +6,14 @@ import h5py
 import numpy as np
 import pytest
 
-from detgan.io.native import H5Writer, centre_hottest, iter_chunks, read_arrays, read_attrs, write_arrays
+from detgan.io.native import (
+    H5Writer,
+    centre_hottest,
+    iter_chunks,
+    read_arrays,
+    read_attrs,
+    write_arrays,
+)
 from detgan.utils import DetganError
 
 
@@ -68,7 +75,9 @@ def test_bad_contents_are_refused(tmp_path, mutate, message):
 def test_wrong_shape_and_lengths_are_refused(tmp_path):
     bad = {"footprint": np.ones((6, 8, 9), np.float32), "energy": np.ones(6)}
     path = write_arrays(tmp_path / "a.h5", bad)
-    with pytest.raises(DetganError, match=r"'footprint' has shape \(6, 8, 9\), expected \(N, 9, 9\)"):
+    with pytest.raises(
+        DetganError, match=r"'footprint' has shape \(6, 8, 9\), expected \(N, 9, 9\)"
+    ):
         read_arrays(path)
     path = tmp_path / "b.h5"
     with h5py.File(path, "w") as f:

@@ -133,8 +133,9 @@ def test_both_binning_paths_follow_the_log_normal(count):
     rows = 4000
     rng = np.random.default_rng(count)
     shift, median = 60.0, 300.0
-    h = bin_delays(rng, np.full(rows, count), np.full(rows, shift), np.full(rows, median),
-                   0.7, 80, 25.0)
+    h = bin_delays(
+        rng, np.full(rows, count), np.full(rows, shift), np.full(rows, median), 0.7, 80, 25.0
+    )
     p = _analytic_bin_probabilities(shift, median)
     mean = h.mean(axis=0) / count
     err = np.sqrt(p * (1 - p) / (count * rows)) + 1e-9
@@ -193,8 +194,13 @@ def test_event_statistics_versus_energy(reconstruction_sample):
     mu = (a["muon_traces"] * trig).sum(axis=(1, 2, 3))
     tot = (clean * trig).sum(axis=(1, 2, 3))
     muon_frac = np.where(tot > 0, mu / np.maximum(tot, 1), np.nan)
-    columns = {"log10 S_rec": (log_rec, 0), "log10 S_true": (log_true, 3),
-               "N_trig": (n_trig, 5), "muon fraction": (muon_frac, 7), "Xmax": (a["xmax"], 9)}
+    columns = {
+        "log10 S_rec": (log_rec, 0),
+        "log10 S_true": (log_true, 3),
+        "N_trig": (n_trig, 5),
+        "muon fraction": (muon_frac, 7),
+        "Xmax": (a["xmax"], 9),
+    }
     for what, (values, col) in columns.items():
         _assert_agreement(_pulls(values, t[:, col], t[:, col + 1], t[:, 11], sels), what)
     for sel, row in zip(sels, t):
@@ -210,8 +216,12 @@ def test_footprint_statistics_versus_energy():
     total = a["footprint"].sum(axis=(1, 2))
     nonzero = (a["footprint"] > 0).sum(axis=(1, 2))
     assert np.array_equal(nonzero, a["triggered"].sum(axis=(1, 2)))
-    table = [(1, 10, 16.1, 5.8, 90), (10, 30, 28.2, 10.2, 200), (30, 60, 36.6, 13.2, 300),
-             (60, 100, 44.4, 16.0, 400)]
+    table = [
+        (1, 10, 16.1, 5.8, 90),
+        (10, 30, 28.2, 10.2, 200),
+        (30, 60, 36.6, 13.2, 300),
+        (60, 100, 44.4, 16.0, 400),
+    ]
     for lo, hi, mean_sum, mean_n, n_ref in table:
         sel = (a["energy"] >= lo) & (a["energy"] < hi)
         for x, ref in ((total[sel], mean_sum), (nonzero[sel], mean_n)):
@@ -266,8 +276,9 @@ def test_pedestal_level_is_halved_in_sim(matched_pair):
 
 def test_sim_has_larger_muon_fraction_and_more_stations(matched_pair):
     data, sim = matched_pair
-    frac = [a["muon_traces"].sum() / (a["muon_traces"] + a["em_traces"]).sum()
-            for a in matched_pair]
+    frac = [
+        a["muon_traces"].sum() / (a["muon_traces"] + a["em_traces"]).sum() for a in matched_pair
+    ]
     assert frac[1] > 1.5 * frac[0]
     assert sim["triggered"].sum() > data["triggered"].sum()
 
@@ -280,7 +291,9 @@ def _centroid_time(traces):
 def test_muons_arrive_earlier_than_em_and_sim_rises_faster(matched_pair):
     data, sim = matched_pair
     both = (data["muon_traces"].sum(-1) > 50) & (data["em_traces"].sum(-1) > 50)
-    assert np.all(_centroid_time(data["muon_traces"])[both] < _centroid_time(data["em_traces"])[both])
+    assert np.all(
+        _centroid_time(data["muon_traces"])[both] < _centroid_time(data["em_traces"])[both]
+    )
     clean_d = data["muon_traces"] + data["em_traces"]
     clean_s = sim["muon_traces"] + sim["em_traces"]
     sel = (clean_d.sum(-1) > 100) & (clean_s.sum(-1) > 100)

@@ -7,7 +7,6 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,7 +55,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise DetganError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DetganError(f"device '{spec}' requested but CUDA is not available; use --device cpu")
+            raise DetganError(
+                f"device '{spec}' requested but CUDA is not available; use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise DetganError(
                 f"device '{spec}' does not exist ({torch.cuda.device_count()} CUDA devices)"
@@ -96,7 +97,9 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
         raise DetganError(f"output '{path}' is a directory; give a file name")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
-        raise DetganError(f"directory '{parent}' of output '{path}' does not exist; create it first")
+        raise DetganError(
+            f"directory '{parent}' of output '{path}' does not exist; create it first"
+        )
     if not os.access(parent, os.W_OK):
         raise DetganError(f"directory '{parent}' is not writable; choose another output path")
     return path

@@ -8,7 +8,9 @@ __all__ = ["add_seed", "add_output", "add_runtime"]
 
 
 def add_seed(parser: argparse.ArgumentParser, default: int | None = 0) -> None:
-    parser.add_argument("--seed", type=int, default=default, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=default, help="random seed (default: %(default)s)"
+    )
 
 
 def add_output(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -23,6 +25,8 @@ def add_runtime(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"
     )
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch intra-op threads (default: all available cores)",
     )

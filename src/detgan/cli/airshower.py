@@ -6,8 +6,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
 from detgan.cli._common import add_output, add_seed
 from detgan.config import load_config_file, parse_assignments
 from detgan.io.native import open_h5, read_arrays, read_attrs
@@ -25,36 +23,68 @@ def register(commands, groups) -> None:
         description="Simulate cosmic-ray air showers with the parameterised model of "
         "airshower.md and write them to an HDF5 file (datasets of airshower.md §16).",
     )
-    p.add_argument("--preset", default="paper", choices=list(PRESETS),
-                   help="event-level sampling (default: %(default)s)")
-    p.add_argument("--variant", default="data", choices=list(VARIANTS),
-                   help="detector and composition knobs (default: %(default)s)")
+    p.add_argument(
+        "--preset",
+        default="paper",
+        choices=list(PRESETS),
+        help="event-level sampling (default: %(default)s)",
+    )
+    p.add_argument(
+        "--variant",
+        default="data",
+        choices=list(VARIANTS),
+        help="detector and composition knobs (default: %(default)s)",
+    )
     p.add_argument("-n", "--events", type=int, required=True, help="number of events")
     add_seed(p)
     add_output(p, "output HDF5 file")
     p.add_argument("--config", help="JSON or TOML file of parameter overrides")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="override one parameter, e.g. --set s0=800 (repeatable)")
-    p.add_argument("--store-components", action="store_true",
-                   help="also store the noiseless muon_traces and em_traces")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override one parameter, e.g. --set s0=800 (repeatable)",
+    )
+    p.add_argument(
+        "--store-components",
+        action="store_true",
+        help="also store the noiseless muon_traces and em_traces",
+    )
     p.add_argument("--float16", action="store_true", help="store traces in half precision")
-    p.add_argument("--compression", choices=["none", "gzip", "lzf"], default=None,
-                   help="HDF5 compression filter (default: none)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="events simulated and written per step (default: 2000)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: one per available core)")
+    p.add_argument(
+        "--compression",
+        choices=["none", "gzip", "lzf"],
+        default=None,
+        help="HDF5 compression filter (default: none)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="events simulated and written per step (default: 2000)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: one per available core)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_simulate)
 
-    p = commands.add_parser("inspect", help="summarise a detgan file",
-                            description="Print events, datasets, energy range and provenance.")
+    p = commands.add_parser(
+        "inspect",
+        help="summarise a detgan file",
+        description="Print events, datasets, energy range and provenance.",
+    )
     p.add_argument("file", help="an HDF5 file written by detgan")
     p.set_defaults(func=run_inspect)
 
-    p = commands.add_parser("demo", help="run the main job on a built-in default",
-                            description="Simulate a small 'paper' sample of both variants "
-                            "and print their summary.")
+    p = commands.add_parser(
+        "demo",
+        help="run the main job on a built-in default",
+        description="Simulate a small 'paper' sample of both variants and print their summary.",
+    )
     p.add_argument("-o", "--output", default="detgan-demo", help="output directory")
     p.add_argument("-n", "--events", type=int, default=2000, help="events per variant")
     p.add_argument("--overwrite", action="store_true", help="replace existing demo files")
@@ -87,12 +117,20 @@ def run_simulate(args: argparse.Namespace) -> int:
     cfg = make_config(args.preset, args.variant, **_overrides(args))
     check_output_path(args.output, args.overwrite)
     start = time.perf_counter()
-    path = write_airshower_file(cfg, args.events, args.seed, args.output,
-                                overwrite=args.overwrite, workers=args.workers,
-                                progress=not args.quiet)
+    path = write_airshower_file(
+        cfg,
+        args.events,
+        args.seed,
+        args.output,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
     elapsed = time.perf_counter() - start
-    print(f"wrote {args.events} events ({cfg.preset}/{cfg.variant}, seed {args.seed}) to "
-          f"{path} in {elapsed:.1f} s ({args.events / elapsed:.0f} events/s)")
+    print(
+        f"wrote {args.events} events ({cfg.preset}/{cfg.variant}, seed {args.seed}) to "
+        f"{path} in {elapsed:.1f} s ({args.events / elapsed:.0f} events/s)"
+    )
     return 0
 
 
@@ -137,8 +175,13 @@ def run_demo(args: argparse.Namespace) -> int:
         if path.exists() and not args.overwrite:
             print(f"using existing {path}")
         else:
-            write_airshower_file(make_config("paper", variant), args.events, args.seed, path,
-                                 overwrite=args.overwrite)
+            write_airshower_file(
+                make_config("paper", variant),
+                args.events,
+                args.seed,
+                path,
+                overwrite=args.overwrite,
+            )
         print(f"\n'paper' preset, '{variant}' variant: {path}")
         print("\n".join(airshower_summary(path)))
     return 0

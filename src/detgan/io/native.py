@@ -101,7 +101,10 @@ class H5Writer:
         for name, (shape, dtype) in self.datasets.items():
             chunk_shape = (self.chunk_events, *shape)
             self.file.create_dataset(
-                name, shape=(self.n_events, *shape), dtype=dtype, chunks=chunk_shape,
+                name,
+                shape=(self.n_events, *shape),
+                dtype=dtype,
+                chunks=chunk_shape,
                 compression=self.compression,
             )
         self.file.attrs["package_version"] = __version__
@@ -240,7 +243,9 @@ def read_arrays(
 ) -> dict[str, np.ndarray]:
     """Read (a slice of) the named datasets, validating layout, shapes, dtypes and finiteness."""
     with open_h5(path) as f:
-        names = list(names) if names is not None else [k for k in f if isinstance(f[k], h5py.Dataset)]
+        names = (
+            list(names) if names is not None else [k for k in f if isinstance(f[k], h5py.Dataset)]
+        )
         n = _validate_layout(f, names, schema)
         stop = n if stop is None else min(stop, n)
         try:

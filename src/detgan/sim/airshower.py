@@ -140,12 +140,35 @@ class AirshowerConfig(Config):
         require(self.mass_number >= 1, f"mass_number={self.mass_number} must be at least 1")
         for name in ("n_side", "n_bins", "batch_size"):
             require(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("spacing", "bin_width", "r_ref", "dx_ref", "time_r_ref", "time_dx_ref",
-                     "speed_of_light", "s0", "signal_cap", "em_shift_divisor", "atten_cap"):
+        for name in (
+            "spacing",
+            "bin_width",
+            "r_ref",
+            "dx_ref",
+            "time_r_ref",
+            "time_dx_ref",
+            "speed_of_light",
+            "s0",
+            "signal_cap",
+            "em_shift_divisor",
+            "atten_cap",
+        ):
             require(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be positive")
-        for name in ("fluctuation_width", "relative_noise", "noise_level", "pedestal_spread",
-                     "time_sigma_ln", "core_radius", "r_min", "muon_weight", "em_weight",
-                     "jitter_scale", "event_time_offset", "trigger_factor", "xmax_min_height"):
+        for name in (
+            "fluctuation_width",
+            "relative_noise",
+            "noise_level",
+            "pedestal_spread",
+            "time_sigma_ln",
+            "core_radius",
+            "r_min",
+            "muon_weight",
+            "em_weight",
+            "jitter_scale",
+            "event_time_offset",
+            "trigger_factor",
+            "xmax_min_height",
+        ):
             require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must not be negative")
         require(self.muon_weight + self.em_weight > 0, "muon_weight + em_weight must be positive")
         require(
@@ -182,10 +205,20 @@ PRESETS: dict[str, dict] = {
 }
 #: Composition and detector knobs of the two variants (airshower.md §13).
 VARIANTS: dict[str, dict] = {
-    "data": {"muon_weight": 0.3, "em_weight": 0.7, "noise_level": 1.2, "relative_noise": 0.05,
-             "fluctuation_width": 1.0},
-    "sim": {"muon_weight": 0.7, "em_weight": 0.3, "noise_level": 0.6, "relative_noise": 0.025,
-            "fluctuation_width": 0.5},
+    "data": {
+        "muon_weight": 0.3,
+        "em_weight": 0.7,
+        "noise_level": 1.2,
+        "relative_noise": 0.05,
+        "fluctuation_width": 1.0,
+    },
+    "sim": {
+        "muon_weight": 0.7,
+        "em_weight": 0.3,
+        "noise_level": 0.6,
+        "relative_noise": 0.025,
+        "fluctuation_width": 0.5,
+    },
 }
 
 
@@ -194,7 +227,8 @@ def make_config(preset: str = "paper", variant: str = "data", **overrides) -> Ai
     if overrides.get("trigger_threshold") == "auto":
         overrides["trigger_threshold"] = -1.0
     base = AirshowerConfig(
-        preset=preset, variant=variant,
+        preset=preset,
+        variant=variant,
         **pick_preset(PRESETS, preset, "air-shower preset"),
         **pick_preset(VARIANTS, variant, "air-shower variant"),
     )
@@ -263,11 +297,17 @@ def amplitudes(
     f_mu = r_mu / (r_mu + cfg.em_weight)
     lateral = np.maximum(r, cfg.r_min) / cfg.r_ref
     depth = dx / cfg.dx_ref
-    s_mu = s0 * f_mu * lateral**cfg.ldf_exponent_muon * np.minimum(
-        depth**cfg.atten_exponent_muon, cfg.atten_cap
+    s_mu = (
+        s0
+        * f_mu
+        * lateral**cfg.ldf_exponent_muon
+        * np.minimum(depth**cfg.atten_exponent_muon, cfg.atten_cap)
     )
-    s_em = s0 * (1 - f_mu) * lateral**cfg.ldf_exponent_em * np.minimum(
-        depth**cfg.atten_exponent_em, cfg.atten_cap
+    s_em = (
+        s0
+        * (1 - f_mu)
+        * lateral**cfg.ldf_exponent_em
+        * np.minimum(depth**cfg.atten_exponent_em, cfg.atten_cap)
     )
     scale = np.minimum(1.0, cfg.signal_cap / np.maximum(s_mu + s_em, 1e-300))
     return s_mu * scale, s_em * scale
@@ -376,9 +416,7 @@ def _streams(seed: int, batch: int) -> tuple[np.random.Generator, ...]:
     return tuple(np.random.default_rng(c) for c in children)
 
 
-def simulate_batch(
-    cfg: AirshowerConfig, seed: int, batch: int, n: int
-) -> dict[str, np.ndarray]:
+def simulate_batch(cfg: AirshowerConfig, seed: int, batch: int, n: int) -> dict[str, np.ndarray]:
     """Simulate events of batch number ``batch`` (n ≤ batch_size), as the §16.1 datasets."""
     rng_ev, rng_det, rng_noise, rng_bin = _streams(seed, batch)
     pos = station_positions(cfg)
@@ -399,8 +437,9 @@ def simulate_batch(
         h_em = bin_delays(rng_bin, n_em.ravel(), delta.ravel(), m_em.ravel(), sig, t_bins, bw)
         recorded = h_mu + h_em
     else:  # accumulate both components in one buffer: memory, not physics
-        recorded = bin_delays(rng_bin, n_em.ravel(), delta.ravel(), m_em.ravel(), sig, t_bins,
-                              bw, out=h_mu)
+        recorded = bin_delays(
+            rng_bin, n_em.ravel(), delta.ravel(), m_em.ravel(), sig, t_bins, bw, out=h_mu
+        )
     grid = (n, cfg.n_side, cfg.n_side)
     s_station = recorded.sum(-1, dtype=np.float64).reshape(n, k)
     recorded = _add_noise(cfg, recorded.reshape(*grid, t_bins), rng_noise)

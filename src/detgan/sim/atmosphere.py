@@ -86,7 +86,9 @@ def gumbel_parameters(
     return mu, sigma, lam
 
 
-def xmax_moments(lg_e: np.ndarray | float, mass_number: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def xmax_moments(
+    lg_e: np.ndarray | float, mass_number: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Analytic mean and standard deviation of Xmax: μ − σ(ψ(λ) − ln λ) and σ·√ψ′(λ)."""
     mu, sigma, lam = gumbel_parameters(lg_e, mass_number)
     mean = mu - sigma * (digamma(lam) - np.log(lam))
@@ -94,9 +96,7 @@ def xmax_moments(lg_e: np.ndarray | float, mass_number: float = 1.0) -> tuple[np
     return mean, std
 
 
-def sample_xmax(
-    rng: np.random.Generator, lg_e: np.ndarray, mass_number: float = 1.0
-) -> np.ndarray:
+def sample_xmax(rng: np.random.Generator, lg_e: np.ndarray, mass_number: float = 1.0) -> np.ndarray:
     """Draw Xmax = μ − σ·ln G with G ~ Gamma(λ, scale 1/λ), one per entry of ``lg_e``."""
     mu, sigma, lam = gumbel_parameters(lg_e, mass_number)
     g = rng.gamma(lam, 1.0 / lam)

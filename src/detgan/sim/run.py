@@ -89,13 +89,24 @@ def write_airshower_file(
     slices = batch_slices(cfg, n)
     workers = default_workers(len(slices)) if workers is None else max(1, workers)
     jobs = [(cfg, seed, b, size) for b, (_, size) in enumerate(slices)]
-    with H5Writer(
-        path, n, output_datasets(cfg), airshower_attrs(cfg, seed, n), overwrite=overwrite,
-        chunk_events=min(cfg.batch_size, 256), compression=cfg.compression,
-    ) as writer, tqdm(
-        total=n, unit="ev", desc=f"simulate {cfg.preset}/{cfg.variant}", disable=not progress,
-        mininterval=0.5,
-    ) as bar:
+    with (
+        H5Writer(
+            path,
+            n,
+            output_datasets(cfg),
+            airshower_attrs(cfg, seed, n),
+            overwrite=overwrite,
+            chunk_events=min(cfg.batch_size, 256),
+            compression=cfg.compression,
+        ) as writer,
+        tqdm(
+            total=n,
+            unit="ev",
+            desc=f"simulate {cfg.preset}/{cfg.variant}",
+            disable=not progress,
+            mininterval=0.5,
+        ) as bar,
+    ):
         for (start, size), arrays in zip(slices, parallel_batches(simulate_batch, jobs, workers)):
             writer.write(start, arrays)
             bar.update(size)
