@@ -1,0 +1,202 @@
+"""Figures from arrays, in the usual HEP style; plotting never computes a metric.
+
+Every function takes arrays (reference first, candidate second) and returns a
+:class:`matplotlib.figure.Figure`; nothing here needs a display or a LaTeX installation (the
+Agg backend and matplotlib's mathtext are used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = [
+    "REF_STYLE",
+    "CAND_STYLE",
+    "histogram_ratio",
+    "image_comparison",
+    "profile_comparison",
+    "calibration_curves",
+    "matrix_comparison",
+    "distance_overview",
+]
+
+REF_STYLE = {"color": "0.55", "label": "reference"}
+CAND_STYLE = {"color": "#c0392b", "label": "candidate"}
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def histogram_ratio(
+    reference: np.ndarray, candidate: np.ndarray, bins: np.ndarray | int = 40, *,
+    xlabel: str = "", title: str = "", logy: bool = False, ratio_range: tuple[float, float] = (0.5, 1.5),
+) -> Figure:
+    """Normalised histograms (reference filled, candidate with Poisson error bars) and a ratio
+    panel candidate/reference with the reference's statistical band. NaN values are skipped."""
+    r, c = _finite(reference), _finite(candidate)
+    if isinstance(bins, int | np.integer):
+        both = np.concatenate([r, c]) if r.size + c.size else np.array([0.0, 1.0])
+        lo, hi = np.percentile(both, [0.1, 99.9])
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, int(bins) + 1)
+    edges = np.asarray(bins, dtype=np.float64)
+    hr, _ = np.histogram(r, edges)
+    hc, _ = np.histogram(c, edges)
+    width = np.diff(edges)
+    norm_r, norm_c = max(hr.sum(), 1) * width, max(hc.sum(), 1) * width
+    dr, dc = hr / norm_r, hc / norm_c
+    fig = Figure(figsize=(4.6, 3.9))
+    (ax, axr) = fig.subplots(2, 1, sharex=True,
+                                  gridspec_kw={"height_ratios": (3, 1), "hspace": 0.06})
+    ax.stairs(dr, edges, fill=True, alpha=0.45, **REF_STYLE)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    ax.errorbar(centres, dc, yerr=np.sqrt(hc) / norm_c, fmt="o", ms=2.5, lw=1, **CAND_STYLE)
+    ax.set_ylabel("normalised")
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = dc / dr
+        ratio_err = np.sqrt(hc) / norm_c / dr
+        band = np.sqrt(hr) / hr
+    axr.fill_between(edges, np.r_[1 - band, 1 - band[-1]], np.r_[1 + band, 1 + band[-1]],
+                     step="post", color="0.85", lw=0)
+    axr.axhline(1, color="0.4", lw=0.8)
+    axr.errorbar(centres, ratio, yerr=ratio_err, fmt="o", ms=2, lw=0.8, color=CAND_STYLE["color"])
+    axr.set_ylim(*ratio_range)
+    axr.set_ylabel("cand./ref.", fontsize=8)
+    axr.set_xlabel(xlabel)
+    fig.subplots_adjust(left=0.16, right=0.97, top=0.92, bottom=0.13)
+    return fig
+
+
+def image_comparison(
+    reference: np.ndarray, candidate: np.ndarray, *, title: str = "", log: bool = False,
+    xlabel: str = "", ylabel: str = "",
+) -> Figure:
+    """Three panels: reference image, candidate image (shared colour scale), candidate/reference.
+
+    2-D arrays (rows = first axis, drawn along y); ``log`` uses a logarithmic colour scale.
+    """
+    from matplotlib.colors import LogNorm, Normalize
+
+    r, c = np.asarray(reference, float), np.asarray(candidate, float)
+    positive = np.concatenate([r[r > 0], c[c > 0]])
+    vmax = float(max(r.max(), c.max(), 1e-12))
+    norm = (LogNorm(max(positive.min(), vmax * 1e-6), vmax) if log and positive.size
+            else Normalize(min(r.min(), c.min(), 0.0), vmax))
+    fig = Figure(figsize=(9.0, 3.0))
+    axes = fig.subplots(1, 3)
+    aspect = "auto" if max(r.shape) > 4 * min(r.shape) else "equal"
+    for ax, img, name in ((axes[0], r, "reference"), (axes[1], c, "candidate")):
+        im = ax.imshow(img, origin="lower", norm=norm, cmap="viridis", aspect=aspect)
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(im, ax=axes[:2], fraction=0.025, pad=0.02)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(r > 0, c / np.where(r > 0, r, 1), np.nan)
+    im2 = axes[2].imshow(ratio, origin="lower", cmap="RdBu_r", vmin=0.5, vmax=1.5, aspect=aspect)
+    axes[2].set_title("candidate / reference", fontsize=9)
+    fig.colorbar(im2, ax=axes[2], fraction=0.046, pad=0.04)
+    for ax in axes:
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def profile_comparison(
+    x: np.ndarray, reference: np.ndarray, candidate: np.ndarray, *,
+    reference_error: np.ndarray | None = None, candidate_error: np.ndarray | None = None,
+    xlabel: str = "", ylabel: str = "", title: str = "", logy: bool = False,
+) -> Figure:
+    """A profile (mean per x) of both samples with error bars and a ratio panel."""
+    x = np.asarray(x, float)
+    r, c = np.asarray(reference, float), np.asarray(candidate, float)
+    fig = Figure(figsize=(4.6, 3.9))
+    (ax, axr) = fig.subplots(2, 1, sharex=True,
+                                  gridspec_kw={"height_ratios": (3, 1), "hspace": 0.06})
+    ax.errorbar(x, r, yerr=reference_error, fmt="-", lw=2, alpha=0.7, **REF_STYLE)
+    ax.errorbar(x, c, yerr=candidate_error, fmt="o", ms=3, lw=1, **CAND_STYLE)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(frameon=False, fontsize=8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        axr.plot(x, c / r, "o", ms=3, color=CAND_STYLE["color"])
+    axr.axhline(1, color="0.4", lw=0.8)
+    axr.set_ylim(0.5, 1.5)
+    axr.set_ylabel("cand./ref.", fontsize=8)
+    axr.set_xlabel(xlabel)
+    fig.subplots_adjust(left=0.16, right=0.97, top=0.92, bottom=0.13)
+    return fig
+
+
+def calibration_curves(curves: Mapping[str, Sequence[Mapping[str, Sequence]]], *, title: str = "") -> Figure:
+    """Reliability diagrams: per input name, the per-run (mean predicted, fraction reference)."""
+    fig = Figure(figsize=(4.0, 3.6))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ":", color="0.5", lw=1)
+    colours = ["#2471a3", "#c0392b", "#27ae60", "#8e44ad"]
+    for k, (name, runs) in enumerate(curves.items()):
+        for i, run in enumerate(runs):
+            xs = np.array([np.nan if v is None else v for v in run["mean_predicted"]], float)
+            ys = np.array([np.nan if v is None else v for v in run["fraction_reference"]], float)
+            ax.plot(xs, ys, "o-", ms=3, lw=1, alpha=0.7, color=colours[k % 4],
+                    label=name if i == 0 else None)
+    ax.set_xlabel("calibrated probability (reference)")
+    ax.set_ylabel("fraction of reference events")
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def matrix_comparison(reference: np.ndarray, candidate: np.ndarray, *, title: str = "") -> Figure:
+    """Correlation matrices of both samples and their difference (candidate − reference)."""
+    fig = Figure(figsize=(9.0, 3.0))
+    axes = fig.subplots(1, 3)
+    for ax, m, name in ((axes[0], reference, "reference"), (axes[1], candidate, "candidate")):
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(im, ax=axes[:2], fraction=0.025, pad=0.02)
+    diff = np.asarray(candidate) - np.asarray(reference)
+    lim = max(float(np.abs(diff).max()), 1e-3)
+    im2 = axes[2].imshow(diff, cmap="PuOr", vmin=-lim, vmax=lim)
+    axes[2].set_title("candidate − reference", fontsize=9)
+    fig.colorbar(im2, ax=axes[2], fraction=0.046, pad=0.04)
+    for ax in axes:
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def distance_overview(
+    names: Sequence[str], values: Sequence[float], floors: Sequence[float], *,
+    xlabel: str = "separation power", title: str = "",
+) -> Figure:
+    """Horizontal bars of a per-feature distance, with the reference-vs-reference floor marked."""
+    n = len(names)
+    fig = Figure(figsize=(5.6, 0.8 + 0.24 * n))
+    ax = fig.subplots()
+    y = np.arange(n)
+    ax.barh(y, values, color=CAND_STYLE["color"], alpha=0.75, label="candidate vs reference")
+    ax.plot(floors, y, "|", ms=12, mew=2, color="k", label="floor (ref. halves)")
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.legend(frameon=False, fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
