@@ -143,7 +143,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print(
         f"wrote {args.events} {cfg.particle_name} showers ({cfg.geometry}, "
-        f"{cfg.geo.file_format} format, seed {args.seed}) to {path} in {elapsed:.1f} s "
+        f"{_FORMAT_HELP.get(cfg.geo.file_format, _FORMAT_HELP['native'])}, seed {args.seed}) "
+        f"to {path} in {elapsed:.1f} s "
         f"({args.events / elapsed:.0f} showers/s)"
     )
     return 0
