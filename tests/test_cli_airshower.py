@@ -171,3 +171,19 @@ def test_module_entry_point_runs():
         [sys.executable, "-m", "detgan", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == f"detgan {__version__}"
+
+
+def test_full_disk_gives_one_line_and_no_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from detgan.io.native import H5Writer
+
+    def full(self, start, arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(H5Writer, "write", full)
+    out = tmp_path / "a.h5"
+    code, _, err = _run(capsys, "simulate", "airshower", "-n", "10", "-o", str(out), "--quiet")
+    assert code == 1
+    assert err == "detgan: error: No space left on device; free some space or write elsewhere\n"
+    assert list(tmp_path.iterdir()) == []

@@ -91,12 +91,12 @@ def seed_everything(seed: int) -> None:
 def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Validate an output path before long work starts: refuse existing files unless asked."""
     path = Path(path)
+    if path.is_dir():
+        raise DetganError(f"output '{path}' is a directory; give a file name")
     if path.exists() and not overwrite:
         raise DetganError(f"output '{path}' already exists; pass --overwrite to replace it")
-    if path.exists() and path.is_dir() and not path.is_file():
-        raise DetganError(f"output '{path}' is a directory; give a file name")
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
+    if not parent.is_dir():
         raise DetganError(
             f"directory '{parent}' of output '{path}' does not exist; create it first"
         )
@@ -105,14 +105,35 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries of ``path`` left by killed processes (``.NAME.tmp-PID``)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)) and tmp.is_file():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
     An exception (including KeyboardInterrupt) removes the temporary file, so no partial
-    output ever appears under the final name.
+    output ever appears under the final name. A process killed outright (SIGKILL, power
+    loss) leaves only its ``.NAME.tmp-PID`` file, which the next write of ``path`` removes.
     """
     path = check_output_path(path, overwrite)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp

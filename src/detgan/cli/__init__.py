@@ -9,6 +9,7 @@ registered by different modules.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -81,5 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         # Disk full, permissions, vanished files: one line, no traceback.
         name = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
-        print(f"detgan: error: {exc.strerror or exc}{name}", file=sys.stderr)
+        hint = "; free some space or write elsewhere" if exc.errno == errno.ENOSPC else ""
+        print(f"detgan: error: {exc.strerror or exc}{name}{hint}", file=sys.stderr)
         return 1
