@@ -232,3 +232,19 @@ def test_speed_target_on_two_cores(tmp_path):
     start = time.perf_counter()
     simulate_to_file(cfg, 8000, 1, tmp_path / "speed.h5", workers=2)
     assert 8000 / (time.perf_counter() - start) > 2000
+
+
+def test_extreme_spots_stay_finite_and_land_in_overflow():
+    from detgan.sim.calorimeter import lateral_parameters
+    from detgan.sim.geometry import SpotBinner, get_geometry
+
+    params = lateral_parameters(
+        np.array([1e4, 0.0], np.float32), np.array([8.3, -1.4], np.float32), 82.0
+    )
+    assert all(np.isfinite(p).all() for p in params)
+    binner = SpotBinner(get_geometry("calochallenge-1-photons"))
+    far = np.array([np.float32(3e38), 1e9], np.float32)
+    slots = binner.bin_polar(far, np.zeros(2, np.float32), np.full(2, 3.0, np.float32))
+    assert slots.tolist() == [368 + 1, 368 + 1]  # overflow of layer 1
+    grid = SpotBinner(get_geometry("atlas-cluster"))
+    assert grid.bin_xy(far, -far, np.full(2, 10.0, np.float32)).tolist() == [89, 89]

@@ -75,6 +75,7 @@ __all__ = [
 
 PDG = {"photon": 22, "electron": 11, "positron": -11}
 ALPHA_MIN = 1.05
+TAU_MAX = 100.0
 PHOTON_T0_MEAN = 9.0 / 7.0  # X0, mean conversion depth
 SPECTRA = ("default", "uniform", "log-uniform", "discrete")
 
@@ -199,9 +200,11 @@ def lateral_parameters(tau: np.ndarray, ln_e: np.ndarray, z: float) -> tuple[np.
     """GP00 lateral profile at τ = t/T for ln(E/GeV): (R_C, R_T, p), in R_M, each like ``tau``.
 
     R_C = z1 + z2 τ; R_T = k1 (e^(k3(τ−k2)) + e^(k4(τ−k2))); p = p1 exp((p2−τ)/p3 −
-    exp((p2−τ)/p3)) clipped to [0, 1] (calorimeter.md §2.3).
+    exp((p2−τ)/p3)) clipped to [0, 1] (calorimeter.md §2.3). τ is capped at ``TAU_MAX`` (such
+    spots lie far behind any calorimeter) so that R_T stays finite in float32.
     """
     f32 = tau.dtype.type
+    tau = np.minimum(tau, f32(TAU_MAX))  # deep-tail spots: keeps R_T finite in float32
     r_core = f32(0.0251) + f32(0.00319) * ln_e + f32(0.1162 - 0.000381 * z) * tau
     d = tau - f32(0.645)
     k4 = f32(0.3585) + f32(0.0412) * ln_e

@@ -551,6 +551,13 @@ def _step_table(edges: np.ndarray, labels: np.ndarray, outside: int) -> tuple[fl
     return 1.0 / g, table
 
 
+def _index(v: np.ndarray, low: np.ndarray, inv_step: np.ndarray) -> np.ndarray:
+    """floor((v − low)/step) as int64, clipped to [−1, 2³⁰] so far-away spots cast safely."""
+    k = np.floor((v - low) * inv_step)
+    np.clip(k, -1, 2**30, out=k)
+    return k.astype(np.int64)
+
+
 class SpotBinner:
     """Maps energy-spot positions to slots of a ``(V + L + 1)`` per-event histogram.
 
@@ -627,12 +634,8 @@ class SpotBinner:
     def bin_xy(self, x: np.ndarray, y: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """(S,) x, y (mm, transverse) and depth (X0) → (S,) histogram slots (grid layouts)."""
         layer = self.layer_of(depth)
-        ix = np.floor((x - np.take(self.x_lo, layer)) * np.take(self.inv_dx, layer)).astype(
-            np.int64
-        )
-        iy = np.floor((y - np.take(self.y_lo, layer)) * np.take(self.inv_dy, layer)).astype(
-            np.int64
-        )
+        ix = _index(x, np.take(self.x_lo, layer), np.take(self.inv_dx, layer))
+        iy = _index(y, np.take(self.y_lo, layer), np.take(self.inv_dy, layer))
         nx, ny = np.take(self.nx, layer), np.take(self.ny, layer)
         inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
         cell = np.take(self.offset, layer) + ix * ny + iy
@@ -643,8 +646,8 @@ class SpotBinner:
         if self.geometry.layout.kind != "calochallenge":
             raise TypeError("bin_polar needs a CaloChallenge layout")
         layer = self.layer_of(depth)
-        k = np.floor(r * np.take(self.inv_dr, layer)).astype(np.int64)
-        np.minimum(k, np.take(self.r_top, layer), out=k)
+        kf = np.floor(r * np.take(self.inv_dr, layer))
+        k = np.minimum(kf, np.take(self.r_top, layer).astype(kf.dtype)).astype(np.int64)
         ir = np.take(self.r_table, k + 1 + np.take(self.r_base, layer))
         n_alpha = np.take(self.n_alpha, layer)
         ja = np.minimum((alpha_frac * n_alpha).astype(np.int64), n_alpha - 1)
