@@ -233,6 +233,7 @@ def _feature_metrics(ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarra
     common = sorted(k for k in set(ref) & set(cand) if not k.startswith("_"))
     for k, name in enumerate(common):
         r, c = np.asarray(ref[name], np.float64), np.asarray(cand[name], np.float64)
+        r_w, c_w = _cap(r, s.seed), _cap(c, s.seed + 1)  # W1/KS on ≤ 10⁶ values; S on all
         if np.isnan(r).all() or np.isnan(c).all():
             out[name] = {"undefined_reference": int(np.isnan(r).sum()),
                          "undefined_candidate": int(np.isnan(c).sum()), "note": "no defined values"}
@@ -240,11 +241,18 @@ def _feature_metrics(ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarra
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sep = metrics.separation_power(r, c, bins.get(name))
-        w1 = metrics.wasserstein_1d(r, c, n_bootstrap=s.n_bootstrap, seed=s.seed + k)
-        ks = metrics.ks_test(r, c)
+        w1 = metrics.wasserstein_1d(r_w, c_w, n_bootstrap=s.n_bootstrap, seed=s.seed + k)
+        ks = metrics.ks_test(r_w, c_w)
         out[name] = {"wasserstein": w1.value, "wasserstein_error": w1.error,
                      "ks": ks.statistic, "ks_pvalue": ks.pvalue, **_prefixed("separation", sep)}
     return out
+
+
+def _cap(x: np.ndarray, seed: int, limit: int = 1_000_000) -> np.ndarray:
+    """A seeded random subset of ``limit`` values of very long pooled arrays (voxels)."""
+    if x.size <= limit:
+        return x
+    return np.random.default_rng(seed).choice(x, limit, replace=False)
 
 
 def _prefixed(prefix: str, result: Any) -> dict[str, Any]:
@@ -452,20 +460,20 @@ def _cache_key(digest: str, family: str, s: EvaluationSettings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _cache_load(path: Path, family: str) -> tuple[FamilyData, dict[str, Any]] | None:
+def _cache_load(path: Path) -> tuple[FamilyData, dict[str, Any]] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         info = json.loads(str(arrays.pop("__info__")))
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError):
         return None  # unreadable or stale: recompute
-    data = FamilyData.from_arrays(family, arrays, info["labels"], info["meta"])
+    data = FamilyData.from_arrays(info["family"], arrays, info["labels"], info["meta"])
     return data, info["floor"]
 
 
 def _cache_save(path: Path, data: FamilyData, floor: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = json.dumps({"labels": data.labels, "meta": data.meta, "floor": floor})
+    info = json.dumps({"family": data.family, "labels": data.labels, "meta": data.meta, "floor": floor})
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, __info__=np.array(info), **data.arrays())
     tmp.replace(path)
@@ -489,23 +497,24 @@ def evaluate_files(
     t0 = time.perf_counter()
     kind = _detect_kind(ref_path) if s.kind == "auto" else s.kind
     digest = file_hash(ref_path)
-    refs, cands, floors, hits = {}, {}, {}, []
+    refs, cands, floors, hits, keys = {}, {}, {}, [], {}
     for family, loader in _families(kind, ref_path, cand_path, s):
         key = _cache_key(digest, family, s)
-        cached = _cache_load(Path(cache_dir) / f"{key}.npz", family) if cache_dir else None
-        if cached is not None:
-            refs[family], floors[family] = cached
-            hits.append(family)
-        else:
+        cached = _cache_load(Path(cache_dir) / f"{key}.npz") if cache_dir else None
+        if cached is None:
             say(f"{family}: computing reference observables")
-            refs[family] = loader(ref_path)
+            ref = loader(ref_path)
+        else:
+            ref = cached[0]
+            floors[ref.family] = cached[1]
+            hits.append(ref.family)
         say(f"{family}: computing candidate observables")
-        cands[family] = loader(cand_path)
+        refs[ref.family], cands[ref.family], keys[ref.family] = ref, loader(cand_path), key
     results, used, notes = evaluate_families(refs, cands, s, floors=floors, progress=progress)
     if cache_dir:
         for family in refs:
             if family not in hits:
-                _cache_save(Path(cache_dir) / f"{_cache_key(digest, family, s)}.npz", refs[family], used[family])
+                _cache_save(Path(cache_dir) / f"{keys[family]}.npz", refs[family], used[family])
     summary = {
         "inputs": {"reference": str(reference), "candidate": str(candidate), "kind": kind,
                    "reference_sha256": digest, "candidate_sha256": file_hash(cand_path),

@@ -323,7 +323,8 @@ def correlation_matrix(x: Any) -> np.ndarray:
     live = sd > 1e-12 * np.maximum(1.0, np.abs(x).max(0))
     z = np.zeros_like(xc)
     z[:, live] = xc[:, live] / sd[live]
-    return z.T @ z / len(x)
+    t = torch.from_numpy(z)
+    return (t.T @ t).numpy() / len(x)
 
 
 def correlation_mse(reference: Any, candidate: Any) -> CorrelationResult:
@@ -452,10 +453,16 @@ def _max_abs_normalise(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
     return x / scale, y / scale
 
 
+def _cov(xc: np.ndarray) -> np.ndarray:
+    """Unbiased covariance of centred rows; torch matmul (honours torch's thread setting)."""
+    t = torch.from_numpy(np.ascontiguousarray(xc))
+    return (t.T @ t).numpy() / (len(xc) - 1)
+
+
 def _frechet(x: np.ndarray, y: np.ndarray) -> float:
     """FD = ‖μx − μy‖² + Tr(Σx + Σy − 2 (Σx Σy)^{1/2}), trace of the root via eigenvalues."""
     mx, my = x.mean(0), y.mean(0)
-    sx, sy = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    sx, sy = _cov(x - mx), _cov(y - my)
     for jitter in (0.0, 1e-6):
         eye = jitter * np.eye(len(sx))
         ev = np.linalg.eigvals((sx + eye) @ (sy + eye)).astype(complex)

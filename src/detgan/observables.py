@@ -39,7 +39,7 @@ FOOTPRINT_LABELS = {
     "n_stations": "number of triggered stations",
     "hottest_signal": "hottest station log10(S+1)",
     "lateral_spread": "signal-weighted RMS spread / spacing",
-    **{f"ring_{k}": f"mean log10(S+1), {k} spacings from hottest" for k in range(N_RINGS)},
+    **{f"ring_{k}": f"mean log10(S+1), {k} spacings from hottest" for k in range(1, N_RINGS)},
 }
 
 TRACE_LABELS = {
@@ -86,7 +86,8 @@ def footprint_observables(footprint: np.ndarray, *, layout: str = "offset") -> d
     - ``n_stations`` = #{k : f_k > 0}; ``hottest_signal`` = max_k f_k;
     - ``lateral_spread`` = sqrt(Σ f_k |x_k − x̄|² / Σ f_k), x̄ = Σ f_k x_k / Σ f_k, in spacings;
     - ``ring_k`` = mean f over the stations whose distance to the hottest station rounds to
-      k spacings (k = 0 … 3; ring 2 holds the √3- and 2-spacing neighbours); NaN if none exist.
+      k spacings (k = 1 … 3; ring 2 holds the √3- and 2-spacing neighbours; ring 0 is the
+      hottest station itself); NaN if no such station exists in the grid.
     """
     f = _check_events(footprint, 3, "footprint")
     n, side = f.shape[0], f.shape[1]
@@ -107,7 +108,7 @@ def footprint_observables(footprint: np.ndarray, *, layout: str = "offset") -> d
         }
     hottest = flat.argmax(1)
     dist = np.rint(np.linalg.norm(pos[:, None] - pos[None], axis=-1) + 1e-9)[hottest]  # (N, K)
-    for k in range(N_RINGS):
+    for k in range(1, N_RINGS):
         mask = dist == k
         cnt = mask.sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -35,6 +35,16 @@ def _finite(x: np.ndarray) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
+def _trim(edges: np.ndarray, *samples: np.ndarray) -> np.ndarray:
+    """Drop empty leading/trailing bins of long (e.g. integer) binnings for display."""
+    data = np.concatenate(samples)
+    if data.size == 0 or len(edges) < 12:
+        return edges
+    lo = max(np.searchsorted(edges, data.min(), side="right") - 2, 0)
+    hi = min(np.searchsorted(edges, data.max(), side="left") + 2, len(edges))
+    return edges[lo:hi] if hi - lo >= 3 else edges
+
+
 def histogram_ratio(
     reference: np.ndarray, candidate: np.ndarray, bins: np.ndarray | int = 40, *,
     xlabel: str = "", title: str = "", logy: bool = False, ratio_range: tuple[float, float] = (0.5, 1.5),
@@ -46,7 +56,7 @@ def histogram_ratio(
         both = np.concatenate([r, c]) if r.size + c.size else np.array([0.0, 1.0])
         lo, hi = np.percentile(both, [0.1, 99.9])
         bins = np.linspace(lo, hi if hi > lo else lo + 1, int(bins) + 1)
-    edges = np.asarray(bins, dtype=np.float64)
+    edges = _trim(np.asarray(bins, dtype=np.float64), r, c)
     hr, _ = np.histogram(r, edges)
     hc, _ = np.histogram(c, edges)
     width = np.diff(edges)
@@ -191,12 +201,12 @@ def distance_overview(
     ax = fig.subplots()
     y = np.arange(n)
     ax.barh(y, values, color=CAND_STYLE["color"], alpha=0.75, label="candidate vs reference")
-    ax.plot(floors, y, "|", ms=12, mew=2, color="k", label="floor (ref. halves)")
+    ax.plot(floors, y, "|", ms=12, mew=2, color="k", label="floor (reference halves)")
     ax.set_yticks(y, names, fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.legend(frameon=False, fontsize=7, loc="lower right")
-    ax.set_title(title, fontsize=9)
+    ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2)
+    ax.set_title(title, fontsize=9, loc="right")
     fig.tight_layout()
     return fig

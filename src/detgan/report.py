@@ -164,10 +164,13 @@ def _family_figures(family: str, ref: Any, cand: Any, result: dict[str, Any]) ->
         other = cand.images.get(name)
         if other is None:
             continue
-        if img.ndim == 1:
+        if img.ndim == 1 and "trace" in name:
             x = (np.arange(len(img)) + 0.5) * 25.0
             figs.append((name, plots.profile_comparison(x, img, other, xlabel="time / ns",
                                                         ylabel="signal / VEM per bin", title=name, logy=True)))
+        elif img.ndim == 1:
+            figs.append((name, plots.profile_comparison(np.arange(len(img)), img, other, xlabel="layer",
+                                                        ylabel="mean energy / MeV", title=name, logy=True)))
         elif img.ndim == 2:
             figs.append((name, plots.image_comparison(img, other, title=name, xlabel="j (y)", ylabel="i (x)")))
     if family == "footprint":
