@@ -80,7 +80,7 @@ def histogram_ratio(
     axr.fill_between(edges, np.r_[1 - band, 1 - band[-1]], np.r_[1 + band, 1 + band[-1]],
                      step="post", color="0.85", lw=0)
     axr.axhline(1, color="0.4", lw=0.8)
-    axr.errorbar(centres, ratio, yerr=ratio_err, fmt="o", ms=2, lw=0.8, color=CAND_STYLE["color"])
+    axr.errorbar(centres, ratio, yerr=np.nan_to_num(ratio_err, posinf=0.0), fmt="o", ms=2, lw=0.8, color=CAND_STYLE["color"])
     axr.set_ylim(*ratio_range)
     axr.set_ylabel("cand./ref.", fontsize=8)
     axr.set_xlabel(xlabel)

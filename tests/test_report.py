@@ -1,0 +1,63 @@
+"""Report: HTML with embedded figures, Markdown and strict JSON from an evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from detgan import report
+from detgan.evaluate import EvaluationSettings, evaluate_families, extract_airshower
+from detgan.evaluate import Evaluation
+from detgan.utils import DetganError
+
+
+def _footprints(rng, n, scale=1.0):
+    f = np.zeros((n, 9, 9))
+    f[:, 4, 4] = rng.normal(5, 0.5, n) * scale
+    f[:, 3:6, 3:6] += np.clip(rng.normal(2, 0.5, (n, 3, 3)), 0, None)
+    return {"footprint": f, "energy": rng.uniform(1, 100, n)}
+
+
+@pytest.fixture
+def evaluation():
+    rng = np.random.default_rng(1)
+    ref = extract_airshower(_footprints(rng, 400), "footprint")
+    cand = extract_airshower(_footprints(rng, 300, 1.05), "footprint")
+    s = EvaluationSettings(classifier_runs=1, fpd=False, n_bootstrap=5)
+    results, _, notes = evaluate_families({"footprint": ref}, {"footprint": cand}, s)
+    summary = {"inputs": {"reference": "r.h5", "candidate": "c.h5", "kind": "footprint",
+                          "n_reference": {"footprint": 400}, "n_candidate": {"footprint": 300}},
+               "settings": {**s.to_dict(), "classifier_settings": s.classifier_settings().to_dict()},
+               "environment": {"detgan": "test", "threads": 1}, "families": results, "warnings": notes}
+    return Evaluation(summary, {"footprint": (ref, cand)})
+
+
+def test_write_report(tmp_path, evaluation):
+    out = report.write_report(evaluation, tmp_path / "rep")
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") > 5 and "<script" not in html
+    assert "floor" in html and "hottest_signal" in html
+    md = (out / "summary.md").read_text()
+    assert "| classifier AUC, low-level |" in md
+    data = json.loads((out / "summary.json").read_text())  # strict JSON: NaN became null
+    fam = data["families"]["footprint"]
+    assert set(fam) == {"metrics", "floor"}
+    main_w1 = fam["metrics"]["features"]["hottest_signal"]["wasserstein"]
+    assert main_w1 > 2 * fam["floor"]["features"]["hottest_signal"]["wasserstein"]
+    with pytest.raises(DetganError, match="already exists"):
+        report.write_report(evaluation, out)
+    report.write_report(evaluation, out, overwrite=True, figures=False)
+
+
+def test_refuses_to_overwrite_foreign_folder(tmp_path, evaluation):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    with pytest.raises(DetganError, match="not a detgan report"):
+        report.write_report(evaluation, tmp_path / "x", overwrite=True)
+
+
+def test_to_json_and_format():
+    assert report.to_json({"a": np.float32(1.5), "b": [np.nan, np.int64(2)]}) == {"a": 1.5, "b": [None, 2]}
+    assert report._fmt(1.23456e-5) == "1.23e-05" and report._pm(0.5, 0.01) == "0.5 ± 0.01"
