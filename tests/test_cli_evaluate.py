@@ -24,8 +24,22 @@ def _file(path, seed, n=300, scale=1.0, nan=False):
 
 def test_evaluate_footprints(tmp_path, capsys):
     ref, cand = _file(tmp_path / "ref.h5", 1), _file(tmp_path / "cand.h5", 2, n=250, scale=1.05)
-    args = ["evaluate", "--reference", str(ref), "--candidate", str(cand), "-o", str(tmp_path / "rep"),
-            "--classifier-runs", "1", "--no-fpd", "--cache-dir", str(tmp_path / "cache"), "--threads", "1"]
+    args = [
+        "evaluate",
+        "--reference",
+        str(ref),
+        "--candidate",
+        str(cand),
+        "-o",
+        str(tmp_path / "rep"),
+        "--classifier-runs",
+        "1",
+        "--no-fpd",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--threads",
+        "1",
+    ]
     assert main(args) == 0
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert summary["inputs"]["kind"] == "airshower"
@@ -42,15 +56,47 @@ def test_evaluate_footprints(tmp_path, capsys):
 
 def test_evaluate_errors(tmp_path, capsys):
     ref, bad = _file(tmp_path / "ref.h5", 1), _file(tmp_path / "bad.h5", 3, nan=True)
-    rc = main(["evaluate", "--reference", str(ref), "--candidate", str(bad), "-o", str(tmp_path / "r"),
-               "--cache-dir", "none"])
+    rc = main(
+        [
+            "evaluate",
+            "--reference",
+            str(ref),
+            "--candidate",
+            str(bad),
+            "-o",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            "none",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "NaN or inf" in err and "Traceback" not in err
-    rc = main(["evaluate", "--reference", str(ref), "--candidate", str(tmp_path / "missing.h5"),
-               "-o", str(tmp_path / "r"), "--cache-dir", "none"])
+    rc = main(
+        [
+            "evaluate",
+            "--reference",
+            str(ref),
+            "--candidate",
+            str(tmp_path / "missing.h5"),
+            "-o",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            "none",
+        ]
+    )
     assert rc == 2 and "not found" in capsys.readouterr().err
     (tmp_path / "exists").mkdir()
-    rc = main(["evaluate", "--reference", str(ref), "--candidate", str(ref), "-o", str(tmp_path / "exists")])
+    rc = main(
+        [
+            "evaluate",
+            "--reference",
+            str(ref),
+            "--candidate",
+            str(ref),
+            "-o",
+            str(tmp_path / "exists"),
+        ]
+    )
     assert rc == 2 and "already exists" in capsys.readouterr().err
 
 
@@ -60,9 +106,27 @@ def test_evaluate_simulated_variants(tmp_path):
     from detgan.sim.airshower import make_config, simulate
 
     for name, variant, seed in (("data", "data", 1), ("sim", "sim", 2)):
-        write_arrays(tmp_path / f"{name}.h5", simulate(make_config("paper", variant), n=1500, seed=seed))
-    assert main(["evaluate", "--reference", str(tmp_path / "data.h5"), "--candidate", str(tmp_path / "sim.h5"),
-                 "-o", str(tmp_path / "rep"), "--cache-dir", "none", "--threads", "1"]) == 0
+        write_arrays(
+            tmp_path / f"{name}.h5", simulate(make_config("paper", variant), n=1500, seed=seed)
+        )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--reference",
+                str(tmp_path / "data.h5"),
+                "--candidate",
+                str(tmp_path / "sim.h5"),
+                "-o",
+                str(tmp_path / "rep"),
+                "--cache-dir",
+                "none",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     s = json.loads((tmp_path / "rep" / "summary.json").read_text())
     for fam in ("footprint", "traces"):
         m, f = s["families"][fam]["metrics"], s["families"][fam]["floor"]

@@ -26,7 +26,8 @@ def test_wasserstein_matches_scipy(rng):
     stats = pytest.importorskip("scipy.stats")
     a, b = rng.normal(size=300), rng.exponential(size=200)
     assert metrics.wasserstein_1d(a, b, n_bootstrap=2).value == pytest.approx(
-        stats.wasserstein_distance(a, b), rel=1e-12)
+        stats.wasserstein_distance(a, b), rel=1e-12
+    )
 
 
 def test_ks_matches_scipy(rng):
@@ -145,7 +146,17 @@ def test_prdc_same_and_disjoint(rng):
 
 def test_fpd_batch_sizes_published():
     assert metrics.fpd_batch_sizes().tolist() == [
-        10000, 10975, 12162, 13636, 15517, 18000, 21428, 26470, 34615, 49999]
+        10000,
+        10975,
+        12162,
+        13636,
+        15517,
+        18000,
+        21428,
+        26470,
+        34615,
+        49999,
+    ]
 
 
 def test_fpd_mean_shift_and_identity(rng):
@@ -161,9 +172,12 @@ def test_fpd_mean_shift_and_identity(rng):
 
 def test_kpd_identical_consistent_with_zero(rng):
     a = rng.normal(size=(2000, 3))
-    same = metrics.kernel_physics_distance(a, rng.normal(size=(2000, 3)), batch_size=500, normalise=False)
-    shift = metrics.kernel_physics_distance(a, rng.normal(size=(2000, 3)) + 0.5, batch_size=500,
-                                            normalise=False)
+    same = metrics.kernel_physics_distance(
+        a, rng.normal(size=(2000, 3)), batch_size=500, normalise=False
+    )
+    shift = metrics.kernel_physics_distance(
+        a, rng.normal(size=(2000, 3)) + 0.5, batch_size=500, normalise=False
+    )
     assert abs(same.value) < 3 * same.error + 1e-3
     assert shift.value > 10 * abs(same.value)
 

@@ -86,11 +86,17 @@ def test_feature_matrix_indicator_columns():
 
 # ----------------------------------------------------------------------------- CaloChallenge
 
-DS1_PHOTONS = [((0, 5, 10, 30, 50, 100, 200, 400, 600), 1),
-               ((0, 2, 4, 6, 8, 10, 12, 15, 20, 30, 40, 50, 70, 90, 120, 150, 200), 10),
-               ((0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 130, 160, 200, 250, 300, 350, 400), 10),
-               ((0, 50, 100, 200, 400, 600), 1)] + [((0,), 1)] * 8 + [
-               ((0, 100, 200, 400, 1000, 2000), 1)] + [((0,), 1)] * 11
+DS1_PHOTONS = (
+    [
+        ((0, 5, 10, 30, 50, 100, 200, 400, 600), 1),
+        ((0, 2, 4, 6, 8, 10, 12, 15, 20, 30, 40, 50, 70, 90, 120, 150, 200), 10),
+        ((0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 130, 160, 200, 250, 300, 350, 400), 10),
+        ((0, 50, 100, 200, 400, 600), 1),
+    ]
+    + [((0,), 1)] * 8
+    + [((0, 100, 200, 400, 1000, 2000), 1)]
+    + [((0,), 1)] * 11
+)
 
 
 def test_layer_table_check_values():
@@ -114,7 +120,9 @@ def test_calochallenge_single_voxel_event():
     assert f["e_layer_1"][0] == 50.0 and f["etot_einc"][0] == 0.5
     assert f["ec_eta_1"][0] == pytest.approx(r_c * np.cos(alpha))
     assert f["ec_phi_1"][0] == pytest.approx(r_c * np.sin(alpha))
-    assert f["width_eta_1"][0] == pytest.approx(0, abs=1e-6) and f["width_r_1"][0] == pytest.approx(0, abs=1e-6)
+    assert f["width_eta_1"][0] == pytest.approx(0, abs=1e-6) and f["width_r_1"][0] == pytest.approx(
+        0, abs=1e-6
+    )
     assert f["ec_r_1"][0] == pytest.approx(r_c)
     assert f["sparsity_1"][0] == pytest.approx(1 - 1 / 160)
     assert f["ec_eta_2"][0] == 0.0 and f["width_phi_2"][0] == 0.0  # empty layer → 0 via ε
@@ -167,8 +175,8 @@ def test_calogan_features_known_event():
 
 def test_atlas_widths_and_legacy():
     cells = np.zeros((1, 89))
-    cells[0, 9], cells[0, 11] = 1000.0, 1000.0   # middle, Δφ = ∓0.025
-    cells[0, 75], cells[0, 76] = 500.0, 500.0    # back
+    cells[0, 9], cells[0, 11] = 1000.0, 1000.0  # middle, Δφ = ∓0.025
+    cells[0, 75], cells[0, 76] = 500.0, 500.0  # back
     eta = np.zeros(89)
     phi = np.zeros(89)
     phi[9], phi[11] = -0.025, 0.025

@@ -16,7 +16,9 @@ def test_figures_from_arrays():
         plots.histogram_ratio(a, b, np.arange(0, 100) - 0.5),  # long integer binning is trimmed
         plots.image_comparison(rng.random((9, 9)), rng.random((9, 9)), log=True),
         plots.profile_comparison(np.arange(4), np.ones(4), np.full(4, 1.1)),
-        plots.calibration_curves({"low": [{"mean_predicted": [0.1, None], "fraction_reference": [0.2, None]}]}),
+        plots.calibration_curves(
+            {"low": [{"mean_predicted": [0.1, None], "fraction_reference": [0.2, None]}]}
+        ),
         plots.matrix_comparison(np.eye(3), np.eye(3) * 0.5),
         plots.distance_overview(["a", "b"], [1e-2, 1e-3], [1e-4, 1e-4]),
     ]

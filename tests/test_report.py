@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from detgan import report
-from detgan.evaluate import EvaluationSettings, evaluate_families, extract_airshower
-from detgan.evaluate import Evaluation
+from detgan.evaluate import Evaluation, EvaluationSettings, evaluate_families, extract_airshower
 from detgan.utils import DetganError
 
 
@@ -27,10 +26,19 @@ def evaluation():
     cand = extract_airshower(_footprints(rng, 300, 1.05), "footprint")
     s = EvaluationSettings(classifier_runs=1, fpd=False, n_bootstrap=5)
     results, _, notes = evaluate_families({"footprint": ref}, {"footprint": cand}, s)
-    summary = {"inputs": {"reference": "r.h5", "candidate": "c.h5", "kind": "footprint",
-                          "n_reference": {"footprint": 400}, "n_candidate": {"footprint": 300}},
-               "settings": {**s.to_dict(), "classifier_settings": s.classifier_settings().to_dict()},
-               "environment": {"detgan": "test", "threads": 1}, "families": results, "warnings": notes}
+    summary = {
+        "inputs": {
+            "reference": "r.h5",
+            "candidate": "c.h5",
+            "kind": "footprint",
+            "n_reference": {"footprint": 400},
+            "n_candidate": {"footprint": 300},
+        },
+        "settings": {**s.to_dict(), "classifier_settings": s.classifier_settings().to_dict()},
+        "environment": {"detgan": "test", "threads": 1},
+        "families": results,
+        "warnings": notes,
+    }
     return Evaluation(summary, {"footprint": (ref, cand)})
 
 
@@ -59,5 +67,8 @@ def test_refuses_to_overwrite_foreign_folder(tmp_path, evaluation):
 
 
 def test_to_json_and_format():
-    assert report.to_json({"a": np.float32(1.5), "b": [np.nan, np.int64(2)]}) == {"a": 1.5, "b": [None, 2]}
+    assert report.to_json({"a": np.float32(1.5), "b": [np.nan, np.int64(2)]}) == {
+        "a": 1.5,
+        "b": [None, 2],
+    }
     assert report._fmt(1.23456e-5) == "1.23e-05" and report._pm(0.5, 0.01) == "0.5 ± 0.01"

@@ -71,11 +71,15 @@ class EvaluationSettings(Config):
     device: str = "cpu"
 
     def validate(self) -> None:
-        require(self.protocol in ("detgan", "calochallenge"),
-                f"unknown protocol '{self.protocol}'; use detgan or calochallenge")
-        require(self.classifier_preset in metrics.CLASSIFIER_PRESETS,
-                f"unknown classifier preset '{self.classifier_preset}'; use "
-                + ", ".join(metrics.CLASSIFIER_PRESETS))
+        require(
+            self.protocol in ("detgan", "calochallenge"),
+            f"unknown protocol '{self.protocol}'; use detgan or calochallenge",
+        )
+        require(
+            self.classifier_preset in metrics.CLASSIFIER_PRESETS,
+            f"unknown classifier preset '{self.classifier_preset}'; use "
+            + ", ".join(metrics.CLASSIFIER_PRESETS),
+        )
         require(self.classifier_runs >= 0, "classifier_runs must be >= 0 (0: preset default)")
         require(self.n_bootstrap >= 2, "n_bootstrap must be at least 2")
         require(self.kpd_batch_size >= 10, "kpd_batch_size must be at least 10")
@@ -119,9 +123,14 @@ class FamilyData:
         """The events ``index``; pooled arrays are kept only when they are per event."""
         pick = lambda a: None if a is None else a[index]  # noqa: E731
         return dataclasses.replace(
-            self, features={k: v[index] for k, v in self.features.items()}, low=self.low[index],
-            cells=self.cells[index], corr=self.corr[index], condition=pick(self.condition),
-            high=pick(self.high), pooled={},
+            self,
+            features={k: v[index] for k, v in self.features.items()},
+            low=self.low[index],
+            cells=self.cells[index],
+            corr=self.corr[index],
+            condition=pick(self.condition),
+            high=pick(self.high),
+            pooled={},
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -138,12 +147,28 @@ class FamilyData:
         return out
 
     @classmethod
-    def from_arrays(cls, family: str, arrays: Mapping[str, np.ndarray], labels: dict[str, str],
-                    meta: dict[str, Any]) -> FamilyData:
-        group = lambda p: {k[len(p) + 1:]: v for k, v in arrays.items() if k.startswith(p + "/")}  # noqa: E731
-        return cls(family, group("features"), arrays["low"], arrays["cells"], arrays["corr"],
-                   arrays.get("condition"), arrays.get("high"), group("pooled"), group("images"),
-                   labels, group("bins"), meta)
+    def from_arrays(
+        cls,
+        family: str,
+        arrays: Mapping[str, np.ndarray],
+        labels: dict[str, str],
+        meta: dict[str, Any],
+    ) -> FamilyData:
+        group = lambda p: {k[len(p) + 1 :]: v for k, v in arrays.items() if k.startswith(p + "/")}  # noqa: E731
+        return cls(
+            family,
+            group("features"),
+            arrays["low"],
+            arrays["cells"],
+            arrays["corr"],
+            arrays.get("condition"),
+            arrays.get("high"),
+            group("pooled"),
+            group("images"),
+            labels,
+            group("bins"),
+            meta,
+        )
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -155,7 +180,11 @@ def _log10_energy(arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
 
 
 def extract_airshower(
-    arrays: Mapping[str, np.ndarray], family: str, *, layout: str = "offset", trace_rebin: int = 5,
+    arrays: Mapping[str, np.ndarray],
+    family: str,
+    *,
+    layout: str = "offset",
+    trace_rebin: int = 5,
 ) -> FamilyData:
     """Footprint or trace observables and classifier inputs from air-shower arrays (§16).
 
@@ -169,7 +198,9 @@ def extract_airshower(
         f = np.asarray(arrays["footprint"], np.float64)
         feats = observables.footprint_observables(f, layout=layout)
         flat = f.reshape(len(f), -1)
-        data = FamilyData(family, feats, flat, flat, flat, cond, labels=dict(observables.FOOTPRINT_LABELS))
+        data = FamilyData(
+            family, feats, flat, flat, flat, cond, labels=dict(observables.FOOTPRINT_LABELS)
+        )
         data.images = {"mean footprint": f.mean(0)}
         data.bins = {"n_stations": np.arange(0, f[0].size + 2) - 0.5}
     elif family == "traces":
@@ -181,7 +212,9 @@ def extract_airshower(
     return data
 
 
-def _extract_traces(tr: np.ndarray, cond: np.ndarray | None, rebin: int, chunk: int = 2000) -> FamilyData:
+def _extract_traces(
+    tr: np.ndarray, cond: np.ndarray | None, rebin: int, chunk: int = 2000
+) -> FamilyData:
     """Trace features in event chunks, so float64 copies never exceed ``chunk`` events."""
     parts, pooled, low, integ = [], [], [], []
     mean_trace = np.zeros(tr.shape[-1])
@@ -190,18 +223,34 @@ def _extract_traces(tr: np.ndarray, cond: np.ndarray | None, rebin: int, chunk: 
         parts.append(observables.trace_observables(c))
         st_feats = observables.trace_station_observables(c)
         has = c.reshape(len(c), -1, c.shape[-1]).sum(-1) > 0
-        st_feats["_event"] = (i + np.nonzero(has)[0]).astype(np.float64)  # owner, for the floor split
+        st_feats["_event"] = (i + np.nonzero(has)[0]).astype(
+            np.float64
+        )  # owner, for the floor split
         pooled.append(st_feats)
-        low.append(np.log10(1.0 + observables.rebin_traces(c, rebin)).reshape(len(c), -1).astype(np.float32))
+        low.append(
+            np.log10(1.0 + observables.rebin_traces(c, rebin))
+            .reshape(len(c), -1)
+            .astype(np.float32)
+        )
         s = c.reshape(len(c), -1, c.shape[-1])
         integ.append(np.log10(1.0 + s.sum(-1)))
         mean_trace += s[np.arange(len(c)), s.sum(-1).argmax(1)].sum(0)
     cat = lambda ds: {k: np.concatenate([d[k] for d in ds]) for k in ds[0]}  # noqa: E731
     st = np.concatenate(integ)
-    data = FamilyData("traces", cat(parts), np.concatenate(low), st, st, cond,
-                      pooled=cat(pooled), labels=dict(observables.TRACE_LABELS))
-    data.images = {"mean hottest-station trace": mean_trace / len(tr),
-                   "mean station log10(1+S)": st.mean(0).reshape(tr.shape[1], tr.shape[2])}
+    data = FamilyData(
+        "traces",
+        cat(parts),
+        np.concatenate(low),
+        st,
+        st,
+        cond,
+        pooled=cat(pooled),
+        labels=dict(observables.TRACE_LABELS),
+    )
+    data.images = {
+        "mean hottest-station trace": mean_trace / len(tr),
+        "mean station log10(1+S)": st.mean(0).reshape(tr.shape[1], tr.shape[2]),
+    }
     data.bins = {"n_triggered": np.arange(0, tr.shape[1] * tr.shape[2] + 2) - 0.5}
     return data
 
@@ -219,7 +268,7 @@ def _high(ref: FamilyData, cand: FamilyData) -> tuple[np.ndarray, np.ndarray]:
     if xr.shape[1] != xc.shape[1]:  # indicator columns differ: rebuild with both NaN patterns
         joint = {k: np.concatenate([ref.features[k], cand.features[k]]) for k in names}
         both, _ = observables.feature_matrix(joint, names, ref.features)
-        xr, xc = both[: len(ref)], both[len(ref):]
+        xr, xc = both[: len(ref)], both[len(ref) :]
     if ref.condition is not None and cand.condition is not None:
         mu, sd = ref.condition.mean(), ref.condition.std() or 1.0
         xr = np.concatenate([((ref.condition - mu) / sd)[:, None], xr], 1)
@@ -227,24 +276,36 @@ def _high(ref: FamilyData, cand: FamilyData) -> tuple[np.ndarray, np.ndarray]:
     return xr, xc
 
 
-def _feature_metrics(ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray],
-                     bins: Mapping[str, np.ndarray], s: EvaluationSettings) -> dict[str, Any]:
+def _feature_metrics(
+    ref: Mapping[str, np.ndarray],
+    cand: Mapping[str, np.ndarray],
+    bins: Mapping[str, np.ndarray],
+    s: EvaluationSettings,
+) -> dict[str, Any]:
     out = {}
     common = sorted(k for k in set(ref) & set(cand) if not k.startswith("_"))
     for k, name in enumerate(common):
         r, c = np.asarray(ref[name], np.float64), np.asarray(cand[name], np.float64)
         r_w, c_w = _cap(r, s.seed), _cap(c, s.seed + 1)  # W1/KS on ≤ 10⁶ values; S on all
         if np.isnan(r).all() or np.isnan(c).all():
-            out[name] = {"undefined_reference": int(np.isnan(r).sum()),
-                         "undefined_candidate": int(np.isnan(c).sum()), "note": "no defined values"}
+            out[name] = {
+                "undefined_reference": int(np.isnan(r).sum()),
+                "undefined_candidate": int(np.isnan(c).sum()),
+                "note": "no defined values",
+            }
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sep = metrics.separation_power(r, c, bins.get(name))
         w1 = metrics.wasserstein_1d(r_w, c_w, n_bootstrap=s.n_bootstrap, seed=s.seed + k)
         ks = metrics.ks_test(r_w, c_w)
-        out[name] = {"wasserstein": w1.value, "wasserstein_error": w1.error,
-                     "ks": ks.statistic, "ks_pvalue": ks.pvalue, **_prefixed("separation", sep)}
+        out[name] = {
+            "wasserstein": w1.value,
+            "wasserstein_error": w1.error,
+            "ks": ks.statistic,
+            "ks_pvalue": ks.pvalue,
+            **_prefixed("separation", sep),
+        }
     return out
 
 
@@ -261,8 +322,13 @@ def _prefixed(prefix: str, result: Any) -> dict[str, Any]:
     return {(prefix if not k else f"{prefix}_{k}"): v for k, v in d.items()}
 
 
-def compare(ref: FamilyData, cand: FamilyData, settings: EvaluationSettings,
-            *, classifier: bool | None = None) -> dict[str, Any]:
+def compare(
+    ref: FamilyData,
+    cand: FamilyData,
+    settings: EvaluationSettings,
+    *,
+    classifier: bool | None = None,
+) -> dict[str, Any]:
     """Every distance of §3 between two samples of one family; a JSON-ready dict with timings."""
     s = settings
     out: dict[str, Any] = {"n_reference": len(ref), "n_candidate": len(cand), "timing_s": {}}
@@ -281,8 +347,11 @@ def compare(ref: FamilyData, cand: FamilyData, settings: EvaluationSettings,
     if s.fpd:
         with clock("fpd_kpd"):
             out["fpd"] = _distance_x1e3(metrics.frechet_physics_distance(high_r, high_c, seed=42))
-            out["kpd"] = _distance_x1e3(metrics.kernel_physics_distance(
-                high_r, high_c, batch_size=s.kpd_batch_size, seed=42))
+            out["kpd"] = _distance_x1e3(
+                metrics.kernel_physics_distance(
+                    high_r, high_c, batch_size=s.kpd_batch_size, seed=42
+                )
+            )
     if s.prdc:
         with clock("prdc"):
             out["prdc"] = metrics.prdc(ref.low, cand.low).to_dict()
@@ -290,7 +359,9 @@ def compare(ref: FamilyData, cand: FamilyData, settings: EvaluationSettings,
         cs = s.classifier_settings()
         for name, (xr, xc) in (("low", (ref.low, cand.low)), ("high", (high_r, high_c))):
             with clock(f"classifier_{name}"):
-                res = metrics.classifier_two_sample_test(xr, xc, seed=s.seed, settings=cs, device=s.device)
+                res = metrics.classifier_two_sample_test(
+                    xr, xc, seed=s.seed, settings=cs, device=s.device
+                )
             out[f"classifier_{name}"] = res.to_dict()
     return out
 
@@ -355,32 +426,49 @@ def _floor(ref: FamilyData, settings: EvaluationSettings) -> dict[str, Any]:
 
 
 def _environment() -> dict[str, Any]:
-    return {"detgan": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+    return {
+        "detgan": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
-def _warnings_for(family: str, main: dict[str, Any], ref: FamilyData, cand: FamilyData) -> list[str]:
+def _warnings_for(
+    family: str, main: dict[str, Any], ref: FamilyData, cand: FamilyData
+) -> list[str]:
     out = []
     cks = main.get("condition_ks")
     if cks and cks["pvalue"] < 1e-3:
-        out.append(f"{family}: the condition (energy) distributions differ (KS p = {cks['pvalue']:.1e}); "
-                   "the classifier may separate the samples on the condition alone")
+        out.append(
+            f"{family}: the condition (energy) distributions differ (KS p = {cks['pvalue']:.1e}); "
+            "the classifier may separate the samples on the condition alone"
+        )
     if len(ref) != len(cand):
-        out.append(f"{family}: unequal sample sizes ({len(ref)} reference, {len(cand)} candidate); "
-                   "the classifier subsamples the larger one")
+        out.append(
+            f"{family}: unequal sample sizes ({len(ref)} reference, {len(cand)} candidate); "
+            "the classifier subsamples the larger one"
+        )
     for group in ("features", "pooled"):
         for name, m in main.get(group, {}).items():
             for side in ("reference", "candidate"):
                 if m.get(f"separation_undefined_{side}", 0):
-                    out.append(f"{family}: feature '{name}' undefined for "
-                               f"{m[f'separation_undefined_{side}']} {side} entries (excluded)")
+                    out.append(
+                        f"{family}: feature '{name}' undefined for "
+                        f"{m[f'separation_undefined_{side}']} {side} entries (excluded)"
+                    )
     return out
 
 
 def evaluate_families(
-    references: Mapping[str, FamilyData], candidates: Mapping[str, FamilyData],
-    settings: EvaluationSettings, *, floors: Mapping[str, dict[str, Any]] | None = None,
+    references: Mapping[str, FamilyData],
+    candidates: Mapping[str, FamilyData],
+    settings: EvaluationSettings,
+    *,
+    floors: Mapping[str, dict[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
     """Compare each family and attach its floor; ``floors`` reuses cached floors by family.
@@ -432,8 +520,10 @@ def _airshower_families(ref_path: Path, cand_path: Path, kind: str) -> list[str]
         have = [k for k in AIRSHOWER_KINDS if k in fr and k in fc]
     if kind in AIRSHOWER_KINDS:
         if kind not in have:
-            raise DetganError(f"--kind {kind}: both files need a '{kind}' dataset; "
-                              f"'{ref_path}' and '{cand_path}' share only {have or 'none'}")
+            raise DetganError(
+                f"--kind {kind}: both files need a '{kind}' dataset; "
+                f"'{ref_path}' and '{cand_path}' share only {have or 'none'}"
+            )
         return [kind]
     if not have:
         raise DetganError(f"'{ref_path}' and '{cand_path}' share no footprint or traces dataset")
@@ -447,16 +537,19 @@ def _load_airshower(path: Path, family: str, s: EvaluationSettings) -> FamilyDat
         names = [family] + (["energy"] if "energy" in f else [])
     arrays = read_arrays(path, names, stop=s.max_events or None)
     attrs = read_attrs(path)
-    data = extract_airshower(arrays, family, layout=str(attrs.get("layout", "offset")),
-                             trace_rebin=s.trace_rebin)
+    data = extract_airshower(
+        arrays, family, layout=str(attrs.get("layout", "offset")), trace_rebin=s.trace_rebin
+    )
     data.meta = {"path": str(path), "n_events": len(data)}
     return data
 
 
 def _cache_key(digest: str, family: str, s: EvaluationSettings) -> str:
     keyed = {k: v for k, v in s.to_dict().items() if k not in ("kind", "device")}
-    text = json.dumps({"file": digest, "family": family, "settings": keyed, "version": __version__},
-                      sort_keys=True)
+    text = json.dumps(
+        {"file": digest, "family": family, "settings": keyed, "version": __version__},
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -473,15 +566,21 @@ def _cache_load(path: Path) -> tuple[FamilyData, dict[str, Any]] | None:
 
 def _cache_save(path: Path, data: FamilyData, floor: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = json.dumps({"family": data.family, "labels": data.labels, "meta": data.meta, "floor": floor})
+    info = json.dumps(
+        {"family": data.family, "labels": data.labels, "meta": data.meta, "floor": floor}
+    )
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, __info__=np.array(info), **data.arrays())
     tmp.replace(path)
 
 
 def evaluate_files(
-    reference: str | Path, candidate: str | Path, settings: EvaluationSettings | None = None,
-    *, cache_dir: str | Path | None = None, progress: Callable[[str], None] | None = None,
+    reference: str | Path,
+    candidate: str | Path,
+    settings: EvaluationSettings | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Evaluation:
     """Evaluate a candidate file against a reference file (any supported kind).
 
@@ -516,11 +615,16 @@ def evaluate_files(
             if family not in hits:
                 _cache_save(Path(cache_dir) / f"{keys[family]}.npz", refs[family], used[family])
     summary = {
-        "inputs": {"reference": str(reference), "candidate": str(candidate), "kind": kind,
-                   "reference_sha256": digest, "candidate_sha256": file_hash(cand_path),
-                   "n_reference": {f: len(d) for f, d in refs.items()},
-                   "n_candidate": {f: len(d) for f, d in cands.items()},
-                   "reference_cache_hit": hits},
+        "inputs": {
+            "reference": str(reference),
+            "candidate": str(candidate),
+            "kind": kind,
+            "reference_sha256": digest,
+            "candidate_sha256": file_hash(cand_path),
+            "n_reference": {f: len(d) for f, d in refs.items()},
+            "n_candidate": {f: len(d) for f, d in cands.items()},
+            "reference_cache_hit": hits,
+        },
         "settings": {**s.to_dict(), "classifier_settings": s.classifier_settings().to_dict()},
         "environment": _environment(),
         "families": results,

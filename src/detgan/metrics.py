@@ -60,7 +60,7 @@ _EPS_SEP = 1e-16
 
 @dataclasses.dataclass(frozen=True)
 class Distance:
-    """A scalar distance: ``value ± error`` between samples of sizes ``n_reference``/``n_candidate``."""
+    """A scalar distance ``value ± error`` between samples of the given sizes."""
 
     value: float
     error: float
@@ -107,7 +107,11 @@ class SeparationResult:
 
 
 def check_samples(
-    reference: Any, candidate: Any, *, ndim: int | None = None, allow_nan: bool = False,
+    reference: Any,
+    candidate: Any,
+    *,
+    ndim: int | None = None,
+    allow_nan: bool = False,
     what: str = "samples",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Convert both samples to float64 arrays and refuse empty, mismatched or non-finite input.
@@ -193,10 +197,14 @@ def ks_test(reference: Any, candidate: Any) -> KSResult:
     ref.sort()
     cand.sort()
     grid = np.concatenate([ref, cand])
-    d = float(np.max(np.abs(
-        np.searchsorted(ref, grid, side="right") / ref.size
-        - np.searchsorted(cand, grid, side="right") / cand.size
-    )))
+    d = float(
+        np.max(
+            np.abs(
+                np.searchsorted(ref, grid, side="right") / ref.size
+                - np.searchsorted(cand, grid, side="right") / cand.size
+            )
+        )
+    )
     en = math.sqrt(ref.size * cand.size / (ref.size + cand.size))
     return KSResult(d, _kolmogorov_sf((en + 0.12 + 0.11 / en) * d), ref.size, cand.size)
 
@@ -239,8 +247,9 @@ def separation_power(
         x = x[~np.isnan(x)]
         n = max(x.size, 1)
         counts, _ = np.histogram(x, edges)
-        stats.append((counts, float((x < edges[0]).sum() / n), float((x > edges[-1]).sum() / n),
-                      undefined))
+        stats.append(
+            (counts, float((x < edges[0]).sum() / n), float((x > edges[-1]).sum() / n), undefined)
+        )
     (cr, ur, orf, nr), (cc, uc, oc, nc) = stats
     if cr.sum() == 0 or cc.sum() == 0:
         warnings.warn("separation_power: a sample has no entry in the bin range", stacklevel=2)
@@ -272,19 +281,27 @@ class CellStatistics:
 
     def summary(self) -> dict[str, float]:
         """Scalar summaries: mean/max |Δ log(1+v)|, median and 5 %/95 % of the ratios."""
-        out = {"log1p_var_diff_mean": float(np.mean(self.log1p_var_diff)),
-               "log1p_var_diff_max": float(np.max(self.log1p_var_diff))}
+        out = {
+            "log1p_var_diff_mean": float(np.mean(self.log1p_var_diff)),
+            "log1p_var_diff_max": float(np.max(self.log1p_var_diff)),
+        }
         for name in ("mean_ratio", "var_ratio"):
             r = getattr(self, name)
             r = r[np.isfinite(r)]
             q = np.percentile(r, [5, 50, 95]) if r.size else [float("nan")] * 3
-            out.update({f"{name}_p05": float(q[0]), f"{name}_median": float(q[1]),
-                        f"{name}_p95": float(q[2]), f"{name}_defined_cells": int(r.size)})
+            out.update(
+                {
+                    f"{name}_p05": float(q[0]),
+                    f"{name}_median": float(q[1]),
+                    f"{name}_p95": float(q[2]),
+                    f"{name}_defined_cells": int(r.size),
+                }
+            )
         return out
 
 
 def cell_statistics(reference: Any, candidate: Any) -> CellStatistics:
-    """Per-cell mean m_c and variance v_c of (N, ...) and (M, ...) cell arrays (flattened per event).
+    """Per-cell mean m_c and variance v_c of (N, ...) and (M, ...) cells (flattened per event).
 
     Returns m_c^cand/m_c^ref, v_c^cand/v_c^ref (NaN where the reference is 0) and
     |log(1 + v_c^cand) − log(1 + v_c^ref)| (Klein's display quantity), each of shape (D,).
@@ -298,7 +315,9 @@ def cell_statistics(reference: Any, candidate: Any) -> CellStatistics:
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_ratio = np.where(mr != 0, mc / np.where(mr != 0, mr, 1), np.nan)
         var_ratio = np.where(vr != 0, vc / np.where(vr != 0, vr, 1), np.nan)
-    return CellStatistics(mr, mc, vr, vc, mean_ratio, var_ratio, np.abs(np.log1p(vc) - np.log1p(vr)))
+    return CellStatistics(
+        mr, mc, vr, vc, mean_ratio, var_ratio, np.abs(np.log1p(vc) - np.log1p(vr))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,8 +416,12 @@ def memorisation_check(
     med_h = float(np.median(dh))
     ratio = float(np.median(dg) / med_h) if med_h > 0 else float("nan")
     return MemorisationResult(
-        ratio, float(np.mean(dg < np.percentile(dh, 1))), int(np.sum(dg <= 1e-6 * med_h)),
-        ks_test(dh, dg).statistic, m, seed,
+        ratio,
+        float(np.mean(dg < np.percentile(dh, 1))),
+        int(np.sum(dg <= 1e-6 * med_h)),
+        ks_test(dh, dg).statistic,
+        m,
+        seed,
     )
 
 
@@ -421,8 +444,10 @@ class PRDCResult:
 def prdc(reference: Any, candidate: Any, *, k: int = 5, chunk: int = 2048) -> PRDCResult:
     """PRDC of (N, D) reference X and (M, D) candidate Y with exact k-NN radii r_k (§3.4).
 
-    precision = mean_j 1[∃i: d(X_i, Y_j) < r_k(X_i)]; recall = mean_i 1[∃j: d(X_i, Y_j) < r_k(Y_j)];
-    density = (1/kM) Σ_j Σ_i 1[d(X_i, Y_j) < r_k(X_i)]; coverage = mean_i 1[min_j d(X_i, Y_j) < r_k(X_i)].
+    precision = mean_j 1[∃i: d(X_i, Y_j) < r_k(X_i)];
+    recall = mean_i 1[∃j: d(X_i, Y_j) < r_k(Y_j)];
+    density = (1/kM) Σ_j Σ_i 1[d(X_i, Y_j) < r_k(X_i)];
+    coverage = mean_i 1[min_j d(X_i, Y_j) < r_k(X_i)].
     """
     x, y = check_samples(reference, candidate, what="prdc")
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
@@ -438,9 +463,13 @@ def prdc(reference: Any, candidate: Any, *, k: int = 5, chunk: int = 2048) -> PR
         recall_x.append((d < ry[None, :]).any(1))
         cover_x.append(d.min(1).values < rx[i : i + chunk])
     return PRDCResult(
-        float((hits_y > 0).double().mean()), float(torch.cat(recall_x).double().mean()),
-        float(hits_y.sum() / (k * len(y))), float(torch.cat(cover_x).double().mean()),
-        k, len(x), len(y),
+        float((hits_y > 0).double().mean()),
+        float(torch.cat(recall_x).double().mean()),
+        float(hits_y.sum() / (k * len(y))),
+        float(torch.cat(cover_x).double().mean()),
+        k,
+        len(x),
+        len(y),
     )
 
 
@@ -480,8 +509,15 @@ def fpd_batch_sizes(n_min: int = 10000, n_max: int = 50000, k: int = 10) -> np.n
 
 
 def frechet_physics_distance(
-    reference: Any, candidate: Any, *, n_min: int = 10000, n_max: int = 50000,
-    n_sizes: int = 10, n_bootstrap: int = 20, normalise: bool = True, seed: int = 42,
+    reference: Any,
+    candidate: Any,
+    *,
+    n_min: int = 10000,
+    n_max: int = 50000,
+    n_sizes: int = 10,
+    n_bootstrap: int = 20,
+    normalise: bool = True,
+    seed: int = 42,
 ) -> Distance:
     """Fréchet physics distance, extrapolated to infinite N (Kansal et al., arXiv:2211.10295).
 
@@ -495,11 +531,17 @@ def frechet_physics_distance(
         x, y = _max_abs_normalise(x, y)
     rng = np.random.default_rng(seed)
     sizes = fpd_batch_sizes(n_min, n_max, n_sizes)
-    means = np.array([
-        np.mean([_frechet(x[rng.integers(0, len(x), nk)], y[rng.integers(0, len(y), nk)])
-                 for _ in range(n_bootstrap)])
-        for nk in sizes
-    ])
+    means = np.array(
+        [
+            np.mean(
+                [
+                    _frechet(x[rng.integers(0, len(x), nk)], y[rng.integers(0, len(y), nk)])
+                    for _ in range(n_bootstrap)
+                ]
+            )
+            for nk in sizes
+        ]
+    )
     a, err = _fit_intercept(1.0 / sizes, means)
     return Distance(a, err, len(x), len(y), seed)
 
@@ -531,13 +573,21 @@ def _mmd2_poly(x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> float:
         return total
 
     m, n = len(x), len(y)
-    return (ksum(x, x, True) / (m * (m - 1)) + ksum(y, y, True) / (n * (n - 1))
-            - 2.0 * ksum(x, y, False) / (m * n))
+    return (
+        ksum(x, x, True) / (m * (m - 1))
+        + ksum(y, y, True) / (n * (n - 1))
+        - 2.0 * ksum(x, y, False) / (m * n)
+    )
 
 
 def kernel_physics_distance(
-    reference: Any, candidate: Any, *, n_batches: int = 10, batch_size: int = 10000,
-    normalise: bool = True, seed: int = 42,
+    reference: Any,
+    candidate: Any,
+    *,
+    n_batches: int = 10,
+    batch_size: int = 10000,
+    normalise: bool = True,
+    seed: int = 42,
 ) -> Distance:
     """Kernel physics distance: median unbiased MMD² over batches (arXiv:2211.10295; §3.3).
 
@@ -581,7 +631,9 @@ class ClassifierSettings(Config):
     max_per_class: int = 0
 
     def validate(self) -> None:
-        require(self.hidden >= 1 and self.n_layers >= 1, "classifier needs hidden >= 1, n_layers >= 1")
+        require(
+            self.hidden >= 1 and self.n_layers >= 1, "classifier needs hidden >= 1, n_layers >= 1"
+        )
         require(0.0 <= self.dropout < 1.0, f"classifier dropout={self.dropout} must be in [0, 1)")
         require(self.learning_rate > 0, "classifier learning_rate must be positive")
         require(self.batch_size >= 1 and self.epochs >= 1, "classifier batch_size, epochs >= 1")
@@ -597,14 +649,22 @@ class ClassifierSettings(Config):
 CLASSIFIER_PRESETS: dict[str, ClassifierSettings] = {
     "fast": ClassifierSettings(),
     "calochallenge": ClassifierSettings(
-        hidden=2048, n_layers=3, learning_rate=2e-4, batch_size=1000, epochs=50, n_runs=10,
+        hidden=2048,
+        n_layers=3,
+        learning_rate=2e-4,
+        batch_size=1000,
+        epochs=50,
+        n_runs=10,
         standardize=False,
     ),
 }
 
 #: Published per-class (train, test, validation) counts, keyed by the per-class size (§3.2).
-_PUBLISHED_SPLITS = {121000: (80000, 20000, 21000), 120800: (80000, 20000, 20800),
-                     100000: (60000, 20000, 20000)}
+_PUBLISHED_SPLITS = {
+    121000: (80000, 20000, 21000),
+    120800: (80000, 20000, 20800),
+    100000: (60000, 20000, 20000),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -651,9 +711,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((rank_of[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def isotonic_fit(
-    x: np.ndarray, y: np.ndarray, *, y_min: float = 1e-6, y_max: float = 1 - 1e-6
-):
+def isotonic_fit(x: np.ndarray, y: np.ndarray, *, y_min: float = 1e-6, y_max: float = 1 - 1e-6):
     """Monotone non-decreasing least-squares fit of y on x (pool-adjacent-violators).
 
     Returns a function mapping new x to the fit, linear between the fitted points and clipped
@@ -680,8 +738,11 @@ def _make_classifier(d_in: int, s: ClassifierSettings) -> torch.nn.Sequential:
     layers: list[torch.nn.Module] = []
     width = d_in
     for _ in range(s.n_layers):
-        layers += [torch.nn.Linear(width, s.hidden), torch.nn.LeakyReLU(0.01),
-                   torch.nn.Dropout(s.dropout)]
+        layers += [
+            torch.nn.Linear(width, s.hidden),
+            torch.nn.LeakyReLU(0.01),
+            torch.nn.Dropout(s.dropout),
+        ]
         width = s.hidden
     layers.append(torch.nn.Linear(width, 1))
     return torch.nn.Sequential(*layers)
@@ -719,8 +780,10 @@ def _predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 20000) -> np.
 
 
 def _train_classifier(
-    train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, np.ndarray],
-    s: ClassifierSettings, generator: torch.Generator,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, np.ndarray],
+    s: ClassifierSettings,
+    generator: torch.Generator,
 ) -> tuple[torch.nn.Module, int]:
     """Adam + BCE on logits; keep the epoch with the best test accuracy; stop at accuracy 1."""
     x, y = train
@@ -753,8 +816,11 @@ def _calibration_curve(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict[s
         mean_p = np.bincount(which, weights=p, minlength=n_bins) / count
         frac = np.bincount(which, weights=y, minlength=n_bins) / count
     clean = lambda a: [None if not np.isfinite(v) else float(v) for v in a]  # noqa: E731
-    return {"mean_predicted": clean(mean_p), "fraction_reference": clean(frac),
-            "count": count.tolist()}
+    return {
+        "mean_predicted": clean(mean_p),
+        "fraction_reference": clean(frac),
+        "count": count.tolist(),
+    }
 
 
 def _bce(p: np.ndarray, y: np.ndarray) -> float:
@@ -775,16 +841,25 @@ def _one_run(ref, cand, n, s, seed, run, device) -> dict[str, Any]:
     p_cal = isotonic_fit(p_test, yte)(p_val)
     bce_cal = _bce(p_cal, yva)
     return {
-        "run": run, "auc": roc_auc(p_cal, yva), "jsd": 1.0 - bce_cal / math.log(2.0),
-        "auc_uncalibrated": roc_auc(p_val, yva), "bce_uncalibrated": _bce(p_val, yva),
-        "bce_calibrated": bce_cal, "accuracy": float(np.mean((p_val > 0.5) == (yva > 0.5))),
-        "best_epoch": best_epoch, "calibration": _calibration_curve(p_cal, yva),
+        "run": run,
+        "auc": roc_auc(p_cal, yva),
+        "jsd": 1.0 - bce_cal / math.log(2.0),
+        "auc_uncalibrated": roc_auc(p_val, yva),
+        "bce_uncalibrated": _bce(p_val, yva),
+        "bce_calibrated": bce_cal,
+        "accuracy": float(np.mean((p_val > 0.5) == (yva > 0.5))),
+        "best_epoch": best_epoch,
+        "calibration": _calibration_curve(p_cal, yva),
     }
 
 
 def classifier_two_sample_test(
-    reference: Any, candidate: Any, *, seed: int = 0,
-    settings: ClassifierSettings | str | None = None, n_runs: int | None = None,
+    reference: Any,
+    candidate: Any,
+    *,
+    seed: int = 0,
+    settings: ClassifierSettings | str | None = None,
+    n_runs: int | None = None,
     device: str | torch.device = "cpu",
 ) -> ClassifierResult:
     """Classifier two-sample test with calibrated AUC and JSD (CaloChallenge, arXiv:2410.21611).
@@ -803,9 +878,15 @@ def classifier_two_sample_test(
     """
     s = _resolve_settings(settings, n_runs)
     ref, cand = check_samples(reference, candidate, ndim=2, what="classifier_two_sample_test")
-    n = min(len(ref), len(cand)) if not s.max_per_class else min(len(ref), len(cand), s.max_per_class)
+    n = (
+        min(len(ref), len(cand))
+        if not s.max_per_class
+        else min(len(ref), len(cand), s.max_per_class)
+    )
     if n < 10:
-        raise DetganError(f"classifier_two_sample_test needs at least 10 events per sample, got {n}")
+        raise DetganError(
+            f"classifier_two_sample_test needs at least 10 events per sample, got {n}"
+        )
     if s.standardize:
         mu, sd = ref.mean(0), ref.std(0)
         sd[sd == 0] = 1.0
@@ -815,8 +896,15 @@ def classifier_two_sample_test(
     jsds = np.array([r["jsd"] for r in runs])
     std = lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else float("nan")  # noqa: E731
     return ClassifierResult(
-        float(aucs.mean()), std(aucs), float(jsds.mean()), std(jsds), runs, n,
-        len(ref) + len(cand) - 2 * n, seed, s.to_dict(),
+        float(aucs.mean()),
+        std(aucs),
+        float(jsds.mean()),
+        std(jsds),
+        runs,
+        n,
+        len(ref) + len(cand) - 2 * n,
+        seed,
+        s.to_dict(),
     )
 
 

@@ -70,15 +70,19 @@ def station_grid(n_side: int = 9, layout: str = "offset") -> np.ndarray:
 def _check_events(x: np.ndarray, ndim: int, name: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != ndim or x.shape[0] == 0:
-        raise DetganError(f"{name} must have shape {'(N, n, n)' if ndim == 3 else '(N, n, n, T)'} "
-                          f"with N > 0, got {x.shape}")
+        raise DetganError(
+            f"{name} must have shape {'(N, n, n)' if ndim == 3 else '(N, n, n, T)'} "
+            f"with N > 0, got {x.shape}"
+        )
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = np.unique(np.nonzero(~np.isfinite(x))[0])[:5].tolist()
         raise DetganError(f"{name} contains NaN or inf values (first events {bad})")
     return x.astype(np.float64, copy=False)
 
 
-def footprint_observables(footprint: np.ndarray, *, layout: str = "offset") -> dict[str, np.ndarray]:
+def footprint_observables(
+    footprint: np.ndarray, *, layout: str = "offset"
+) -> dict[str, np.ndarray]:
     """Per-event footprint observables, each (N,), from footprints f = log10(S + 1) of (N, n, n).
 
     - ``sum_log_signal`` = Σ_k f_k (the paper's per-event sum);
@@ -101,7 +105,9 @@ def footprint_observables(footprint: np.ndarray, *, layout: str = "offset") -> d
         spread = np.sqrt((flat * d2).sum(1) / total)
         out = {
             "sum_log_signal": total,
-            "log10_total_signal": np.where(signal > 0, np.log10(np.where(signal > 0, signal, 1)), np.nan),
+            "log10_total_signal": np.where(
+                signal > 0, np.log10(np.where(signal > 0, signal, 1)), np.nan
+            ),
             "n_stations": (flat > 0).sum(1).astype(np.float64),
             "hottest_signal": flat.max(1),
             "lateral_spread": np.where(total > 0, spread, np.nan),
@@ -133,7 +139,9 @@ def trace_quantile_times(
     for k, q in enumerate(quantiles):
         idx = np.argmax(cum >= q - 1e-12, axis=-1)
         c_hi = np.take_along_axis(cum, idx[..., None], -1)[..., 0]
-        prev = np.where(idx > 0, np.take_along_axis(cum, np.maximum(idx - 1, 0)[..., None], -1)[..., 0], 0.0)
+        prev = np.where(
+            idx > 0, np.take_along_axis(cum, np.maximum(idx - 1, 0)[..., None], -1)[..., 0], 0.0
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
             frac = np.clip((q - prev) / (c_hi - prev), 0.0, 1.0)
         out[..., k] = np.where(total[..., 0] > 0, bin_width * (idx + frac), np.nan)
@@ -146,7 +154,9 @@ def _station_features(st: np.ndarray, bin_width: float) -> dict[str, np.ndarray]
     t10, t50, t90 = np.moveaxis(trace_quantile_times(st, (0.1, 0.5, 0.9), bin_width), -1, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         return {
-            "log10_integral": np.where(integral > 0, np.log10(np.where(integral > 0, integral, 1)), np.nan),
+            "log10_integral": np.where(
+                integral > 0, np.log10(np.where(integral > 0, integral, 1)), np.nan
+            ),
             "peak_time": np.where(integral > 0, bin_width * (st.argmax(-1) + 0.5), np.nan),
             "rise_time": t50 - t10,
             "fall_time": t90 - t50,
@@ -169,14 +179,18 @@ def trace_observables(traces: np.ndarray, *, bin_width: float = 25.0) -> dict[st
     hottest = flat[np.arange(n), integ.argmax(1)]
     with np.errstate(divide="ignore"):
         out = {
-            "log10_integral_total": np.where(total > 0, np.log10(np.where(total > 0, total, 1)), np.nan),
+            "log10_integral_total": np.where(
+                total > 0, np.log10(np.where(total > 0, total, 1)), np.nan
+            ),
             "n_triggered": (integ > 0).sum(1).astype(np.float64),
         }
     out.update(_station_features(hottest, bin_width))
     return out
 
 
-def trace_station_observables(traces: np.ndarray, *, bin_width: float = 25.0) -> dict[str, np.ndarray]:
+def trace_station_observables(
+    traces: np.ndarray, *, bin_width: float = 25.0
+) -> dict[str, np.ndarray]:
     """The station features of :func:`trace_observables` for **every** station with signal.
 
     (N, n, n, T) → dict of pooled 1-D arrays (one entry per station with Σ_b s > 0, event-major).
@@ -194,7 +208,8 @@ def rebin_traces(traces: np.ndarray, factor: int = 5) -> np.ndarray:
 
 
 def feature_matrix(
-    features: Mapping[str, np.ndarray], names: list[str] | None = None,
+    features: Mapping[str, np.ndarray],
+    names: list[str] | None = None,
     reference: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Stack per-event features into an (N, d) classifier/FPD input (§3.2 "other formats").
@@ -209,7 +224,10 @@ def feature_matrix(
     for name in names:
         x = np.asarray(features[name], dtype=np.float64)
         r = np.asarray(ref[name], dtype=np.float64)
-        mu, sd = np.nanmean(r) if np.isfinite(r).any() else 0.0, np.nanstd(r) if np.isfinite(r).any() else 1.0
+        mu, sd = (
+            np.nanmean(r) if np.isfinite(r).any() else 0.0,
+            np.nanstd(r) if np.isfinite(r).any() else 1.0,
+        )
         z = (x - mu) / (sd if sd > 0 else 1.0)
         cols.append(np.where(np.isnan(z), 0.0, z))
         labels.append(name)

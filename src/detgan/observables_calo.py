@@ -63,9 +63,19 @@ def layer_table(binning: Any) -> list[dict[str, Any]]:
         alpha = -np.pi + (np.arange(n_alpha) + 0.5) * 2 * np.pi / n_alpha
         rr, aa = np.meshgrid(r_c, alpha)
         size = n_r * n_alpha
-        out.append({"id": getattr(layer, "id", slot), "slot": slot, "empty": n_r == 0,
-                    "slice": slice(offset, offset + size), "n_alpha": int(n_alpha), "n_r": n_r,
-                    "r": rr.ravel(), "eta": (rr * np.cos(aa)).ravel(), "phi": (rr * np.sin(aa)).ravel()})
+        out.append(
+            {
+                "id": getattr(layer, "id", slot),
+                "slot": slot,
+                "empty": n_r == 0,
+                "slice": slice(offset, offset + size),
+                "n_alpha": int(n_alpha),
+                "n_r": n_r,
+                "r": rr.ravel(),
+                "eta": (rr * np.cos(aa)).ravel(),
+                "phi": (rr * np.sin(aa)).ravel(),
+            }
+        )
         offset += size
     return out
 
@@ -77,7 +87,9 @@ def _moments(e: np.ndarray, el: np.ndarray, coord: np.ndarray) -> tuple[np.ndarr
     return centre, width
 
 
-def calochallenge_features(cells: np.ndarray, e_inc: np.ndarray, binning: Any) -> dict[str, np.ndarray]:
+def calochallenge_features(
+    cells: np.ndarray, e_inc: np.ndarray, binning: Any
+) -> dict[str, np.ndarray]:
     """CaloChallenge high-level features of thresholded voxels (N, V) and E_inc (N,) MeV (§2.1).
 
     Keys: ``etot``, ``etot_einc`` = E_tot/E_inc; per relevant layer l (by slot id):
@@ -90,8 +102,10 @@ def calochallenge_features(cells: np.ndarray, e_inc: np.ndarray, binning: Any) -
     table = layer_table(binning)
     n_vox = table[-1]["slice"].stop
     if x.ndim != 2 or x.shape[1] != n_vox or len(x) != len(e_inc):
-        raise DetganError(f"showers have shape {x.shape} with {len(e_inc)} energies; the binning "
-                          f"expects (N, {n_vox})")
+        raise DetganError(
+            f"showers have shape {x.shape} with {len(e_inc)} energies; the binning "
+            f"expects (N, {n_vox})"
+        )
     etot = x.sum(1)
     out = {"etot": etot, "etot_einc": etot / e_inc}
     for lay in table:
@@ -109,7 +123,9 @@ def calochallenge_features(cells: np.ndarray, e_inc: np.ndarray, binning: Any) -
     return out
 
 
-def calochallenge_cls_high(features: Mapping[str, np.ndarray], e_inc: np.ndarray, binning: Any) -> np.ndarray:
+def calochallenge_cls_high(
+    features: Mapping[str, np.ndarray], e_inc: np.ndarray, binning: Any
+) -> np.ndarray:
     """The ``cls-high`` vector (§3.2), (N, 1 + 2L + 4A + 1 + 3L) with blocks in this order:
     log10 E_inc; log10(E_l + 10⁻⁸); EC_η/100; EC_φ/100; W_η/100; W_φ/100 (α-binned layers);
     log10(E_tot + 10⁻⁸); s_l; EC_r/100; W_r/100 (relevant layers), layers ascending."""
@@ -133,7 +149,9 @@ def calochallenge_cls_low(cells: np.ndarray, e_inc: np.ndarray) -> np.ndarray:
     return np.concatenate([np.log10(e_inc), np.asarray(cells, np.float64) / e_inc], 1)
 
 
-def calochallenge_bins(name: str, dataset: str, e_min: float, reference: np.ndarray | None = None) -> np.ndarray | None:
+def calochallenge_bins(
+    name: str, dataset: str, e_min: float, reference: np.ndarray | None = None
+) -> np.ndarray | None:
     """The published bins of a CaloChallenge feature (§3.1); None where there is none.
 
     E_l and voxel energies: 40 resp. 50 log-spaced edges from E_min to the reference maximum
@@ -150,13 +168,20 @@ def calochallenge_bins(name: str, dataset: str, e_min: float, reference: np.ndar
         return np.logspace(math.log10(e_min), math.log10(top), n) if top > e_min > 0 else None
     if key in ("sparsity", "occupancy"):
         return np.linspace(0, 1, 21)
-    ranges = {"ec_eta": (30, 500, 100, True), "ec_phi": (30, 500, 100, True),
-              "width_eta": (30, 400, 100, False), "width_phi": (30, 400, 100, False),
-              "ec_r": (42, 1500, 500, False), "width_r": (20, 1500, 500, False)}
+    ranges = {
+        "ec_eta": (30, 500, 100, True),
+        "ec_phi": (30, 500, 100, True),
+        "width_eta": (30, 400, 100, False),
+        "width_phi": (30, 400, 100, False),
+        "ec_r": (42, 1500, 500, False),
+        "width_r": (20, 1500, 500, False),
+    }
     if key not in ranges:
         return None
     small, wide, other, symmetric = ranges[key]
-    wide_layers = (12, 13) if key in ("ec_eta", "ec_phi", "width_eta", "width_phi") else (12, 13, 14)
+    wide_layers = (
+        (12, 13) if key in ("ec_eta", "ec_phi", "width_eta", "width_phi") else (12, 13, 14)
+    )
     hi = (wide if lid in wide_layers else other) if ds1 else small
     return np.linspace(-hi if symmetric else 0.0, hi, 101)
 
@@ -191,7 +216,9 @@ def calogan_features(images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         row = im.sum(2)  # (N, n_x): energy per row a
         mean = row @ x / (e + EPS_CALOGAN)
         out[f"e_{i}"] = e
-        out[f"lateral_width_{i}"] = np.sqrt(np.maximum(0.0, row @ x**2 / (e + EPS_CALOGAN) - mean**2))
+        out[f"lateral_width_{i}"] = np.sqrt(
+            np.maximum(0.0, row @ x**2 / (e + EPS_CALOGAN) - mean**2)
+        )
         top = -np.sort(-flat, axis=1)[:, :2]
         out[f"e_ratio_{i}"] = (top[:, 0] - top[:, 1]) / (top[:, 0] + top[:, 1] + EPS_CALOGAN)
         out[f"occupancy_{i}"] = (flat > 0).mean(1)
@@ -204,7 +231,9 @@ def calogan_features(images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         out[f"frac_{i}"] = e / safe
     out["lateral_depth"] = e1 + 2 * e2
     out["shower_depth"] = (e1 + 2 * e2) / safe
-    out["shower_depth_width"] = np.sqrt(np.maximum(0.0, (e1 + 4 * e2) / safe - out["shower_depth"] ** 2))
+    out["shower_depth_width"] = np.sqrt(
+        np.maximum(0.0, (e1 + 4 * e2) / safe - out["shower_depth"] ** 2)
+    )
     out["max_depth"] = np.where(e2 != 0, 2.0, np.where(e1 != 0, 1.0, 0.0))
     return out
 
@@ -225,8 +254,9 @@ def atlas_threshold(cells: np.ndarray) -> np.ndarray:
     return x
 
 
-def atlas_features(cells: np.ndarray, cell_eta: np.ndarray, cell_phi: np.ndarray, *,
-                   legacy: bool = False) -> dict[str, np.ndarray]:
+def atlas_features(
+    cells: np.ndarray, cell_eta: np.ndarray, cell_phi: np.ndarray, *, legacy: bool = False
+) -> dict[str, np.ndarray]:
     """ATLAS 89-cell variables (Klein; §2.4) of thresholded cells (N, 89) in MeV.
 
     ``cell_eta``/``cell_phi`` (N, 89) or (89,); offsets Δη = η − η_10, Δφ = φ − φ_10 wrapped
@@ -255,7 +285,9 @@ def atlas_features(cells: np.ndarray, cell_eta: np.ndarray, cell_phi: np.ndarray
             for axis, c in (("eta", deta[:, a:b]), ("phi", dphi[:, a:b])):
                 mean = (e * c).sum(1) / safe
                 out[f"mean_{axis}_{name}"] = mean
-                out[f"width_{axis}_{name}"] = np.sqrt(np.maximum(0.0, (e * c**2).sum(1) / safe - mean**2))
+                out[f"width_{axis}_{name}"] = np.sqrt(
+                    np.maximum(0.0, (e * c**2).sum(1) / safe - mean**2)
+                )
         mid = out["e_middle"]
         out["r_mid"] = x[:, list(ATLAS_CORE)].sum(1) / np.where(mid > 0, mid, np.nan)
         if legacy:
@@ -311,13 +343,22 @@ def showers_family(showers: Any) -> Any:
         e_min = float(showers.meta.get("e_min", getattr(layout, "e_min", 0.0)) or 0.0)
         cells = apply_threshold(showers.cells, e_min)
         feats = calochallenge_features(cells, energy, layout)
-        data = FamilyData("calochallenge", feats, calochallenge_cls_low(cells, energy), cells,
-                          layer_energy_correlation(feats, layout), cond,
-                          high=calochallenge_cls_high(feats, energy, layout))
+        data = FamilyData(
+            "calochallenge",
+            feats,
+            calochallenge_cls_low(cells, energy),
+            cells,
+            layer_energy_correlation(feats, layout),
+            cond,
+            high=calochallenge_cls_high(feats, energy, layout),
+        )
         nz = cells[cells > 0]
         data.pooled = {"voxel_energy": nz}
-        data.bins = {k: b for k in [*feats, "voxel_energy"] if (b := calochallenge_bins(
-            k, layout.dataset, e_min, feats.get(k, nz))) is not None}
+        data.bins = {
+            k: b
+            for k in [*feats, "voxel_energy"]
+            if (b := calochallenge_bins(k, layout.dataset, e_min, feats.get(k, nz))) is not None
+        }
         data.meta = {"dataset": layout.dataset, "e_min": e_min}
         data.images = {"mean energy per layer": layer_energy_correlation(feats, layout).mean(0)}
         return data
@@ -340,13 +381,19 @@ def showers_family(showers: Any) -> Any:
         feats = grid_features(cells, energy, layout)
         family = name or "grid"
     low = np.concatenate([cond[:, None], cells / energy[:, None]], 1)
-    data = FamilyData(family, feats, low, cells, cells if cells.shape[1] <= 1000 else low[:, :1], cond)
+    data = FamilyData(
+        family, feats, low, cells, cells if cells.shape[1] <= 1000 else low[:, :1], cond
+    )
     data.images = {f"mean {k}": v.mean(0) for k, v in layout.images(cells).items()}
     return data
 
 
-_CC_NAMES = (("ec_eta", "EC Eta layer"), ("ec_phi", "EC Phi layer"),
-             ("width_eta", "Width Eta layer"), ("width_phi", "Width Phi layer"))
+_CC_NAMES = (
+    ("ec_eta", "EC Eta layer"),
+    ("ec_phi", "EC Phi layer"),
+    ("width_eta", "Width Eta layer"),
+    ("width_phi", "Width Phi layer"),
+)
 
 
 def calochallenge_text_files(evaluation: Any) -> dict[str, str]:
@@ -376,9 +423,13 @@ def calochallenge_text_files(evaluation: Any) -> dict[str, str]:
         c = m.get(f"classifier_{mode}")
         if c:
             out[f"classifier_cls-{mode}_{d}.txt"] = (
-                f"settings: {c['settings']}\nruns: {len(c['runs'])}, n per class: {c['n_per_class']}\n"
-                f"Final result of classifier test (AUC / JSD):\n{c['auc']:.4f} / {c['jsd']:.4f}\n")
+                f"settings: {c['settings']}\n"
+                f"runs: {len(c['runs'])}, n per class: {c['n_per_class']}\n"
+                f"Final result of classifier test (AUC / JSD):\n{c['auc']:.4f} / {c['jsd']:.4f}\n"
+            )
     if "fpd" in m:
-        out[f"fpd_kpd_{d}.txt"] = (f"FPD (x10^3): {m['fpd']['value_x1e3']:.4f} ± {m['fpd']['error_x1e3']:.4f}\n"
-                                   f"KPD (x10^3): {m['kpd']['value_x1e3']:.4f} ± {m['kpd']['error_x1e3']:.4f}\n")
+        out[f"fpd_kpd_{d}.txt"] = (
+            f"FPD (x10^3): {m['fpd']['value_x1e3']:.4f} ± {m['fpd']['error_x1e3']:.4f}\n"
+            f"KPD (x10^3): {m['kpd']['value_x1e3']:.4f} ± {m['kpd']['error_x1e3']:.4f}\n"
+        )
     return out

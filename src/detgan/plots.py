@@ -46,8 +46,14 @@ def _trim(edges: np.ndarray, *samples: np.ndarray) -> np.ndarray:
 
 
 def histogram_ratio(
-    reference: np.ndarray, candidate: np.ndarray, bins: np.ndarray | int = 40, *,
-    xlabel: str = "", title: str = "", logy: bool = False, ratio_range: tuple[float, float] = (0.5, 1.5),
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    bins: np.ndarray | int = 40,
+    *,
+    xlabel: str = "",
+    title: str = "",
+    logy: bool = False,
+    ratio_range: tuple[float, float] = (0.5, 1.5),
 ) -> Figure:
     """Normalised histograms (reference filled, candidate with Poisson error bars) and a ratio
     panel candidate/reference with the reference's statistical band. NaN values are skipped."""
@@ -63,8 +69,9 @@ def histogram_ratio(
     norm_r, norm_c = max(hr.sum(), 1) * width, max(hc.sum(), 1) * width
     dr, dc = hr / norm_r, hc / norm_c
     fig = Figure(figsize=(4.6, 3.9))
-    (ax, axr) = fig.subplots(2, 1, sharex=True,
-                                  gridspec_kw={"height_ratios": (3, 1), "hspace": 0.06})
+    (ax, axr) = fig.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1), "hspace": 0.06}
+    )
     ax.stairs(dr, edges, fill=True, alpha=0.45, **REF_STYLE)
     centres = 0.5 * (edges[1:] + edges[:-1])
     ax.errorbar(centres, dc, yerr=np.sqrt(hc) / norm_c, fmt="o", ms=2.5, lw=1, **CAND_STYLE)
@@ -77,10 +84,24 @@ def histogram_ratio(
         ratio = dc / dr
         ratio_err = np.sqrt(hc) / norm_c / dr
         band = np.sqrt(hr) / hr
-    axr.fill_between(edges, np.r_[1 - band, 1 - band[-1]], np.r_[1 + band, 1 + band[-1]],
-                     step="post", color="0.85", lw=0)
+    axr.fill_between(
+        edges,
+        np.r_[1 - band, 1 - band[-1]],
+        np.r_[1 + band, 1 + band[-1]],
+        step="post",
+        color="0.85",
+        lw=0,
+    )
     axr.axhline(1, color="0.4", lw=0.8)
-    axr.errorbar(centres, ratio, yerr=np.nan_to_num(ratio_err, posinf=0.0), fmt="o", ms=2, lw=0.8, color=CAND_STYLE["color"])
+    axr.errorbar(
+        centres,
+        ratio,
+        yerr=np.nan_to_num(ratio_err, posinf=0.0),
+        fmt="o",
+        ms=2,
+        lw=0.8,
+        color=CAND_STYLE["color"],
+    )
     axr.set_ylim(*ratio_range)
     axr.set_ylabel("cand./ref.", fontsize=8)
     axr.set_xlabel(xlabel)
@@ -89,8 +110,13 @@ def histogram_ratio(
 
 
 def image_comparison(
-    reference: np.ndarray, candidate: np.ndarray, *, title: str = "", log: bool = False,
-    xlabel: str = "", ylabel: str = "",
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    title: str = "",
+    log: bool = False,
+    xlabel: str = "",
+    ylabel: str = "",
 ) -> Figure:
     """Three panels: reference image, candidate image (shared colour scale), candidate/reference.
 
@@ -101,8 +127,11 @@ def image_comparison(
     r, c = np.asarray(reference, float), np.asarray(candidate, float)
     positive = np.concatenate([r[r > 0], c[c > 0]])
     vmax = float(max(r.max(), c.max(), 1e-12))
-    norm = (LogNorm(max(positive.min(), vmax * 1e-6), vmax) if log and positive.size
-            else Normalize(min(r.min(), c.min(), 0.0), vmax))
+    norm = (
+        LogNorm(max(positive.min(), vmax * 1e-6), vmax)
+        if log and positive.size
+        else Normalize(min(r.min(), c.min(), 0.0), vmax)
+    )
     fig = Figure(figsize=(9.0, 3.0))
     axes = fig.subplots(1, 3)
     aspect = "auto" if max(r.shape) > 4 * min(r.shape) else "equal"
@@ -124,16 +153,24 @@ def image_comparison(
 
 
 def profile_comparison(
-    x: np.ndarray, reference: np.ndarray, candidate: np.ndarray, *,
-    reference_error: np.ndarray | None = None, candidate_error: np.ndarray | None = None,
-    xlabel: str = "", ylabel: str = "", title: str = "", logy: bool = False,
+    x: np.ndarray,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    reference_error: np.ndarray | None = None,
+    candidate_error: np.ndarray | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    logy: bool = False,
 ) -> Figure:
     """A profile (mean per x) of both samples with error bars and a ratio panel."""
     x = np.asarray(x, float)
     r, c = np.asarray(reference, float), np.asarray(candidate, float)
     fig = Figure(figsize=(4.6, 3.9))
-    (ax, axr) = fig.subplots(2, 1, sharex=True,
-                                  gridspec_kw={"height_ratios": (3, 1), "hspace": 0.06})
+    (ax, axr) = fig.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1), "hspace": 0.06}
+    )
     ax.errorbar(x, r, yerr=reference_error, fmt="-", lw=2, alpha=0.7, **REF_STYLE)
     ax.errorbar(x, c, yerr=candidate_error, fmt="o", ms=3, lw=1, **CAND_STYLE)
     if logy:
@@ -151,7 +188,9 @@ def profile_comparison(
     return fig
 
 
-def calibration_curves(curves: Mapping[str, Sequence[Mapping[str, Sequence]]], *, title: str = "") -> Figure:
+def calibration_curves(
+    curves: Mapping[str, Sequence[Mapping[str, Sequence]]], *, title: str = ""
+) -> Figure:
     """Reliability diagrams: per input name, the per-run (mean predicted, fraction reference)."""
     fig = Figure(figsize=(4.0, 3.6))
     ax = fig.subplots()
@@ -161,8 +200,16 @@ def calibration_curves(curves: Mapping[str, Sequence[Mapping[str, Sequence]]], *
         for i, run in enumerate(runs):
             xs = np.array([np.nan if v is None else v for v in run["mean_predicted"]], float)
             ys = np.array([np.nan if v is None else v for v in run["fraction_reference"]], float)
-            ax.plot(xs, ys, "o-", ms=3, lw=1, alpha=0.7, color=colours[k % 4],
-                    label=name if i == 0 else None)
+            ax.plot(
+                xs,
+                ys,
+                "o-",
+                ms=3,
+                lw=1,
+                alpha=0.7,
+                color=colours[k % 4],
+                label=name if i == 0 else None,
+            )
     ax.set_xlabel("calibrated probability (reference)")
     ax.set_ylabel("fraction of reference events")
     ax.set_xlim(0, 1), ax.set_ylim(0, 1)
@@ -192,8 +239,12 @@ def matrix_comparison(reference: np.ndarray, candidate: np.ndarray, *, title: st
 
 
 def distance_overview(
-    names: Sequence[str], values: Sequence[float], floors: Sequence[float], *,
-    xlabel: str = "separation power", title: str = "",
+    names: Sequence[str],
+    values: Sequence[float],
+    floors: Sequence[float],
+    *,
+    xlabel: str = "separation power",
+    title: str = "",
 ) -> Figure:
     """Horizontal bars of a per-feature distance, with the reference-vs-reference floor marked."""
     n = len(names)

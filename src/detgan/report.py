@@ -25,8 +25,15 @@ import numpy as np
 from detgan import plots
 from detgan.utils import DetganError
 
-__all__ = ["write_report", "headline_rows", "feature_rows", "build_figures", "to_json",
-           "render_html", "render_markdown"]
+__all__ = [
+    "write_report",
+    "headline_rows",
+    "feature_rows",
+    "build_figures",
+    "to_json",
+    "render_html",
+    "render_markdown",
+]
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -44,7 +51,11 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def _pm(v: Any, e: Any) -> str:
-    return _fmt(v) if e is None or (isinstance(e, float) and not math.isfinite(e)) else f"{_fmt(v)} ± {_fmt(e, 2)}"
+    return (
+        _fmt(v)
+        if e is None or (isinstance(e, float) and not math.isfinite(e))
+        else f"{_fmt(v)} ± {_fmt(e, 2)}"
+    )
 
 
 def _clf(m: dict[str, Any], key: str, what: str) -> str:
@@ -64,25 +75,49 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append((f"classifier JSD, {name}", _clf(m, key, "jsd"), _clf(f, key, "jsd")))
     for key in ("fpd", "kpd"):
         if key in m:
-            val = lambda d: _pm(d[key]["value_x1e3"], d[key]["error_x1e3"]) if key in d else "–"  # noqa: E731
-            rows.append((f"{key.upper()} ×10³", val(m), val(f)))
+            rows.append((f"{key.upper()} ×10³", _x1e3(m, key), _x1e3(f, key)))
     if "prdc" in m:
-        val = lambda d: " / ".join(_fmt(d["prdc"][k]) for k in ("precision", "recall", "density", "coverage")) if "prdc" in d else "–"  # noqa: E731
-        rows.append(("precision / recall / density / coverage", val(m), val(f)))
+        rows.append(("precision / recall / density / coverage", _prdc(m), _prdc(f)))
     get = lambda d, a, b: _fmt(d.get(a, {}).get(b)) if d else "–"  # noqa: E731
-    rows.append(("correlation-matrix MSE", get(m, "correlation", "mse"), get(f, "correlation", "mse")))
-    rows.append(("per-cell mean |Δ log(1+var)|", get(m, "cells", "log1p_var_diff_mean"),
-                 get(f, "cells", "log1p_var_diff_mean")))
+    rows.append(
+        ("correlation-matrix MSE", get(m, "correlation", "mse"), get(f, "correlation", "mse"))
+    )
+    rows.append(
+        (
+            "per-cell mean |Δ log(1+var)|",
+            get(m, "cells", "log1p_var_diff_mean"),
+            get(f, "cells", "log1p_var_diff_mean"),
+        )
+    )
     rows.append(("per-cell variance ratio, median [5 %, 95 %]", _ratio(m), _ratio(f)))
     for group in ("features", "pooled"):
         if group in m:
-            rows.append((f"mean separation power ({group})", _fmt(_mean_sep(m[group])),
-                         _fmt(_mean_sep(f.get(group, {})))))
+            rows.append(
+                (
+                    f"mean separation power ({group})",
+                    _fmt(_mean_sep(m[group])),
+                    _fmt(_mean_sep(f.get(group, {}))),
+                )
+            )
     if "condition_ks" in m:
-        rows.append(("condition KS statistic (p-value)",
-                     f"{_fmt(m['condition_ks']['statistic'])} ({_fmt(m['condition_ks']['pvalue'])})",
-                     _fmt(f.get("condition_ks", {}).get("statistic"))))
+        rows.append(
+            (
+                "condition KS statistic (p-value)",
+                f"{_fmt(m['condition_ks']['statistic'])} ({_fmt(m['condition_ks']['pvalue'])})",
+                _fmt(f.get("condition_ks", {}).get("statistic")),
+            )
+        )
     return rows
+
+
+def _x1e3(d: dict[str, Any], key: str) -> str:
+    return _pm(d[key]["value_x1e3"], d[key]["error_x1e3"]) if key in d else "–"
+
+
+def _prdc(d: dict[str, Any]) -> str:
+    if "prdc" not in d:
+        return "–"
+    return " / ".join(_fmt(d["prdc"][k]) for k in ("precision", "recall", "density", "coverage"))
 
 
 def _ratio(d: dict[str, Any]) -> str:
@@ -93,8 +128,11 @@ def _ratio(d: dict[str, Any]) -> str:
 
 
 def _mean_sep(group: dict[str, Any]) -> float:
-    vals = [v["separation"] for v in group.values() if "separation" in v and v["separation"] is not None
-            and math.isfinite(v["separation"])]
+    vals = [
+        v["separation"]
+        for v in group.values()
+        if "separation" in v and v["separation"] is not None and math.isfinite(v["separation"])
+    ]
     return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -108,14 +146,31 @@ def feature_rows(result: dict[str, Any], group: str = "features") -> list[tuple[
             rows.append((name, d.get("note", "–"), "–", "–", "–", "–", "–", "–"))
             continue
         out = d["separation_underflow_candidate"] + d["separation_overflow_candidate"]
-        rows.append((name, _pm(d["wasserstein"], d["wasserstein_error"]), _fmt(fl.get("wasserstein")),
-                     _fmt(d["separation"]), _fmt(fl.get("separation")), _fmt(d["ks"]),
-                     _fmt(fl.get("ks")), f"{100 * out:.2g} %"))
+        rows.append(
+            (
+                name,
+                _pm(d["wasserstein"], d["wasserstein_error"]),
+                _fmt(fl.get("wasserstein")),
+                _fmt(d["separation"]),
+                _fmt(fl.get("separation")),
+                _fmt(d["ks"]),
+                _fmt(fl.get("ks")),
+                f"{100 * out:.2g} %",
+            )
+        )
     return rows
 
 
-FEATURE_HEADER = ("feature", "W₁ ± bootstrap", "floor W₁", "separation", "floor sep.", "KS",
-                  "floor KS", "cand. out of range")
+FEATURE_HEADER = (
+    "feature",
+    "W₁ ± bootstrap",
+    "floor W₁",
+    "separation",
+    "floor sep.",
+    "KS",
+    "floor KS",
+    "cand. out of range",
+)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -130,35 +185,85 @@ def build_figures(evaluation: Any) -> dict[str, list[tuple[str, Any]]]:
         result = evaluation.summary["families"][family]
         figs: list[tuple[str, Any]] = []
         feats = result["metrics"].get("features", {})
-        names = [n for n, d in feats.items() if "separation" in d and d["separation"] is not None
-                 and math.isfinite(d["separation"])]
+        names = [
+            n
+            for n, d in feats.items()
+            if "separation" in d and d["separation"] is not None and math.isfinite(d["separation"])
+        ]
         if names:
             floor = result.get("floor", {}).get("features", {})
-            figs.append(("Separation power per observable, with the reference-vs-reference floor",
-                         plots.distance_overview(names, [max(feats[n]["separation"], 1e-7) for n in names],
-                                                 [max(floor.get(n, {}).get("separation", np.nan), 1e-7) for n in names],
-                                                 title=family)))
+            figs.append(
+                (
+                    "Separation power per observable, with the reference-vs-reference floor",
+                    plots.distance_overview(
+                        names,
+                        [max(feats[n]["separation"], 1e-7) for n in names],
+                        [max(floor.get(n, {}).get("separation", np.nan), 1e-7) for n in names],
+                        title=family,
+                    ),
+                )
+            )
         for name in ref.features:
             label = ref.labels.get(name, name)
-            figs.append((label, plots.histogram_ratio(ref.features[name], cand.features[name],
-                                                      ref.bins.get(name, 40), xlabel=label, title=name)))
+            figs.append(
+                (
+                    label,
+                    plots.histogram_ratio(
+                        ref.features[name],
+                        cand.features[name],
+                        ref.bins.get(name, 40),
+                        xlabel=label,
+                        title=name,
+                    ),
+                )
+            )
         for name in (k for k in ref.pooled if not k.startswith("_")):
             label = f"{ref.labels.get(name, name)} (all stations)".replace(", hottest station", "")
-            figs.append((label, plots.histogram_ratio(ref.pooled[name], cand.pooled[name], 40,
-                                                      xlabel=label, title=f"{name}, every station")))
+            figs.append(
+                (
+                    label,
+                    plots.histogram_ratio(
+                        ref.pooled[name],
+                        cand.pooled[name],
+                        40,
+                        xlabel=label,
+                        title=f"{name}, every station",
+                    ),
+                )
+            )
         figs += _family_figures(family, ref, cand, result)
-        figs.append(("Correlation matrices of the cells", plots.matrix_comparison(
-            correlation_matrix(ref.corr), correlation_matrix(cand.corr), title=f"{family}: correlations")))
-        curves = {k.split("_")[1]: result["metrics"][k]["runs"] for k in ("classifier_low", "classifier_high")
-                  if k in result["metrics"]}
+        figs.append(
+            (
+                "Correlation matrices of the cells",
+                plots.matrix_comparison(
+                    correlation_matrix(ref.corr),
+                    correlation_matrix(cand.corr),
+                    title=f"{family}: correlations",
+                ),
+            )
+        )
+        curves = {
+            k.split("_")[1]: result["metrics"][k]["runs"]
+            for k in ("classifier_low", "classifier_high")
+            if k in result["metrics"]
+        }
         if curves:
-            figs.append(("Classifier calibration (validation split)", plots.calibration_curves(
-                {k: [r["calibration"] for r in v] for k, v in curves.items()}, title="calibrated classifier")))
+            figs.append(
+                (
+                    "Classifier calibration (validation split)",
+                    plots.calibration_curves(
+                        {k: [r["calibration"] for r in v] for k, v in curves.items()},
+                        title="calibrated classifier",
+                    ),
+                )
+            )
         out[family] = figs
     return out
 
 
-def _family_figures(family: str, ref: Any, cand: Any, result: dict[str, Any]) -> list[tuple[str, Any]]:
+def _family_figures(
+    family: str, ref: Any, cand: Any, result: dict[str, Any]
+) -> list[tuple[str, Any]]:
     figs = []
     for name, img in ref.images.items():
         other = cand.images.get(name)
@@ -166,21 +271,61 @@ def _family_figures(family: str, ref: Any, cand: Any, result: dict[str, Any]) ->
             continue
         if img.ndim == 1 and "trace" in name:
             x = (np.arange(len(img)) + 0.5) * 25.0
-            figs.append((name, plots.profile_comparison(x, img, other, xlabel="time / ns",
-                                                        ylabel="signal / VEM per bin", title=name, logy=True)))
+            figs.append(
+                (
+                    name,
+                    plots.profile_comparison(
+                        x,
+                        img,
+                        other,
+                        xlabel="time / ns",
+                        ylabel="signal / VEM per bin",
+                        title=name,
+                        logy=True,
+                    ),
+                )
+            )
         elif img.ndim == 1:
-            figs.append((name, plots.profile_comparison(np.arange(len(img)), img, other, xlabel="layer",
-                                                        ylabel="mean energy / MeV", title=name, logy=True)))
+            figs.append(
+                (
+                    name,
+                    plots.profile_comparison(
+                        np.arange(len(img)),
+                        img,
+                        other,
+                        xlabel="layer",
+                        ylabel="mean energy / MeV",
+                        title=name,
+                        logy=True,
+                    ),
+                )
+            )
         elif img.ndim == 2:
-            figs.append((name, plots.image_comparison(img, other, title=name, xlabel="j (y)", ylabel="i (x)")))
+            figs.append(
+                (
+                    name,
+                    plots.image_comparison(img, other, title=name, xlabel="j (y)", ylabel="i (x)"),
+                )
+            )
     if family == "footprint":
         keys = ["hottest_signal"] + [k for k in ref.features if k.startswith("ring_")]
         mean = lambda d: np.array([np.nanmean(d.features[k]) for k in keys])  # noqa: E731
         err = lambda d: np.array([np.nanstd(d.features[k]) / math.sqrt(len(d)) for k in keys])  # noqa: E731
-        figs.append(("Lateral profile around the hottest station", plots.profile_comparison(
-            np.arange(len(keys)), mean(ref), mean(cand), reference_error=err(ref), candidate_error=err(cand),
-            xlabel="distance from hottest station / spacing", ylabel="mean log10(S+1)",
-            title="lateral profile")))
+        figs.append(
+            (
+                "Lateral profile around the hottest station",
+                plots.profile_comparison(
+                    np.arange(len(keys)),
+                    mean(ref),
+                    mean(cand),
+                    reference_error=err(ref),
+                    candidate_error=err(cand),
+                    xlabel="distance from hottest station / spacing",
+                    ylabel="mean log10(S+1)",
+                    title="lateral profile",
+                ),
+            )
+        )
     return figs
 
 
@@ -213,22 +358,35 @@ def render_markdown(summary: dict[str, Any]) -> str:
     inp, s = summary["inputs"], summary["settings"]
     cs = s["classifier_settings"]
     parts = [
-        "# detgan evaluation", "",
+        "# detgan evaluation",
+        "",
         f"- reference: `{inp['reference']}` ({_sizes(inp['n_reference'])} events)",
         f"- candidate: `{inp['candidate']}` ({_sizes(inp['n_candidate'])} events)",
         f"- kind: {inp['kind']}; protocol: {s['protocol']}; seed: {s['seed']}",
         f"- classifier: {cs['n_layers']} × {cs['hidden']} units, {cs['epochs']} epochs, "
         f"{cs['n_runs']} runs, lr {cs['learning_rate']}; mean ± std (ddof 1) over runs",
-        f"- floor: the reference split into two random halves, evaluated with the same pipeline",
-        f"- elapsed: {summary.get('elapsed_s', '–')} s on {summary['environment']['threads']} thread(s)", "",
+        "- floor: the reference split into two random halves, evaluated with the same pipeline",
+        f"- elapsed: {summary.get('elapsed_s', '–')} s on {summary['environment']['threads']} thread(s)",
+        "",
     ]
     for family, result in summary["families"].items():
-        parts += [f"## {family}", "", _table_md(("metric", "candidate vs reference", "floor (ref. halves)"),
-                                                 headline_rows(result)), ""]
+        parts += [
+            f"## {family}",
+            "",
+            _table_md(
+                ("metric", "candidate vs reference", "floor (ref. halves)"), headline_rows(result)
+            ),
+            "",
+        ]
         for group in ("features", "pooled"):
             if group in result["metrics"]:
                 title = "Observables" if group == "features" else "Per-station observables (pooled)"
-                parts += [f"### {title}", "", _table_md(FEATURE_HEADER, feature_rows(result, group)), ""]
+                parts += [
+                    f"### {title}",
+                    "",
+                    _table_md(FEATURE_HEADER, feature_rows(result, group)),
+                    "",
+                ]
     if summary.get("warnings"):
         parts += ["## Warnings", ""] + [f"- {w}" for w in summary["warnings"]] + [""]
     return "\n".join(parts)
@@ -264,12 +422,20 @@ def _png(fig: Any, dpi: int = 72) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _table_html(header: tuple[str, ...], rows: list[tuple[str, ...]], floor_cols: tuple[int, ...] = ()) -> str:
+def _table_html(
+    header: tuple[str, ...], rows: list[tuple[str, ...]], floor_cols: tuple[int, ...] = ()
+) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td{' class=floor' if i in floor_cols else ''}>{esc(str(c))}</td>"
-                         for i, c in enumerate(r)) + "</tr>" for r in rows)
+        "<tr>"
+        + "".join(
+            f"<td{' class=floor' if i in floor_cols else ''}>{esc(str(c))}</td>"
+            for i, c in enumerate(r)
+        )
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -277,35 +443,48 @@ def render_html(summary: dict[str, Any], figures: dict[str, list[tuple[str, Any]
     """The self-contained HTML page: header, warnings, per family tables and embedded figures."""
     esc = html.escape
     inp, cs = summary["inputs"], summary["settings"]["classifier_settings"]
-    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>detgan evaluation</title>"
-           f"<style>{_CSS}</style></head><body><header><h1>detgan evaluation report</h1>",
-           f"<p>reference <b>{esc(inp['reference'])}</b> ({esc(_sizes(inp['n_reference']))}) · "
-           f"candidate <b>{esc(inp['candidate'])}</b> ({esc(_sizes(inp['n_candidate']))})</p>",
-           f"<p>kind {esc(inp['kind'])} · protocol {esc(summary['settings']['protocol'])} · seed "
-           f"{summary['settings']['seed']} · detgan {esc(summary['environment']['detgan'])} · "
-           f"{summary.get('elapsed_s', '–')} s on {summary['environment']['threads']} thread(s)</p>"
-           "</header><main>",
-           "<p class=note>Every number is shown next to its <b>floor</b>: the same metric between two "
-           "random halves of the reference (statistical limit; sizes differ from the main comparison). "
-           f"Classifier: {cs['n_layers']} × {cs['hidden']} units, {cs['epochs']} epochs, "
-           f"{cs['n_runs']} independent runs (mean ± std, ddof 1), isotonic calibration on the test "
-           "split, AUC and JSD (bits) on the validation split. FPD/KPD ×10³ on the high-level "
-           "features. W₁ errors: bootstrap (100 resamplings).</p>"]
+    out = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>detgan evaluation</title>"
+        f"<style>{_CSS}</style></head><body><header><h1>detgan evaluation report</h1>",
+        f"<p>reference <b>{esc(inp['reference'])}</b> ({esc(_sizes(inp['n_reference']))}) · "
+        f"candidate <b>{esc(inp['candidate'])}</b> ({esc(_sizes(inp['n_candidate']))})</p>",
+        f"<p>kind {esc(inp['kind'])} · protocol {esc(summary['settings']['protocol'])} · seed "
+        f"{summary['settings']['seed']} · detgan {esc(summary['environment']['detgan'])} · "
+        f"{summary.get('elapsed_s', '–')} s on {summary['environment']['threads']} thread(s)</p>"
+        "</header><main>",
+        "<p class=note>Every number is shown next to its <b>floor</b>: the same metric between two "
+        "random halves of the reference (statistical limit; sizes differ from the main comparison). "
+        f"Classifier: {cs['n_layers']} × {cs['hidden']} units, {cs['epochs']} epochs, "
+        f"{cs['n_runs']} independent runs (mean ± std, ddof 1), isotonic calibration on the test "
+        "split, AUC and JSD (bits) on the validation split. FPD/KPD ×10³ on the high-level "
+        "features. W₁ errors: bootstrap (100 resamplings).</p>",
+    ]
     out += [f"<div class=warn>{esc(w)}</div>" for w in summary.get("warnings", [])]
     for family, result in summary["families"].items():
         out.append(f"<h2>{esc(family)}</h2>")
-        out.append(_table_html(("metric", "candidate vs reference", "floor (reference halves)"),
-                               headline_rows(result), (2,)))
+        out.append(
+            _table_html(
+                ("metric", "candidate vs reference", "floor (reference halves)"),
+                headline_rows(result),
+                (2,),
+            )
+        )
         for group in ("features", "pooled"):
             if group in result["metrics"]:
-                title = "Observables" if group == "features" else "Per-station observables (all stations pooled)"
+                title = (
+                    "Observables"
+                    if group == "features"
+                    else "Per-station observables (all stations pooled)"
+                )
                 out.append(f"<h3>{title}</h3>")
                 out.append(_table_html(FEATURE_HEADER, feature_rows(result, group), (2, 4, 6)))
         out.append("<h3>Figures</h3><div class=grid>")
         for caption, fig in figures.get(family, []):
             wide = " class=wide" if fig.get_figwidth() > 6 else ""
-            out.append(f"<figure{wide}><img src='data:image/png;base64,{_png(fig)}' alt='{esc(caption)}'>"
-                       f"<figcaption>{esc(caption)}</figcaption></figure>")
+            out.append(
+                f"<figure{wide}><img src='data:image/png;base64,{_png(fig)}' alt='{esc(caption)}'>"
+                f"<figcaption>{esc(caption)}</figcaption></figure>"
+            )
         out.append("</div>")
     out.append("</main></body></html>")
     return "\n".join(out)
@@ -319,10 +498,14 @@ def _atomic_dir(path: Path, overwrite: bool) -> Iterator[Path]:
         if not overwrite:
             raise DetganError(f"output '{path}' already exists; pass --overwrite to replace it")
         if not path.is_dir() or (any(path.iterdir()) and not (path / "summary.json").exists()):
-            raise DetganError(f"output '{path}' exists and is not a detgan report; choose another folder")
+            raise DetganError(
+                f"output '{path}' exists and is not a detgan report; choose another folder"
+            )
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise DetganError(f"directory '{parent}' of output '{path}' does not exist; create it first")
+        raise DetganError(
+            f"directory '{parent}' of output '{path}' does not exist; create it first"
+        )
     tmp = parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -336,8 +519,14 @@ def _atomic_dir(path: Path, overwrite: bool) -> Iterator[Path]:
         raise
 
 
-def write_report(evaluation: Any, output: str | os.PathLike, *, overwrite: bool = False,
-                 figures: bool = True, extra_files: dict[str, str] | None = None) -> Path:
+def write_report(
+    evaluation: Any,
+    output: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    figures: bool = True,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Write ``report.html``, ``summary.md`` and ``summary.json`` (and ``extra_files``) to a folder."""
     path = Path(output)
     summary = to_json(evaluation.summary)

@@ -29,20 +29,39 @@ def register(commands, groups) -> None:
     p.add_argument("--candidate", required=True, help="candidate file (the sample under test)")
     p.add_argument("-o", "--output", required=True, help="report folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
-    p.add_argument("--kind", default="auto", choices=KINDS,
-                   help="data family (default: detect from the reference file)")
-    p.add_argument("--protocol", default="detgan", choices=("detgan", "calochallenge"),
-                   help="'calochallenge' runs the published classifier protocol exactly "
-                   "(3x2048 units, 50 epochs, 10 runs; slow on a CPU)")
+    p.add_argument(
+        "--kind",
+        default="auto",
+        choices=KINDS,
+        help="data family (default: detect from the reference file)",
+    )
+    p.add_argument(
+        "--protocol",
+        default="detgan",
+        choices=("detgan", "calochallenge"),
+        help="'calochallenge' runs the published classifier protocol exactly "
+        "(3x2048 units, 50 epochs, 10 runs; slow on a CPU)",
+    )
     p.add_argument("--no-classifier", action="store_true", help="skip the classifier tests")
-    p.add_argument("--classifier-runs", type=int, default=0,
-                   help="independent classifier trainings (default: 3, or 10 for calochallenge)")
+    p.add_argument(
+        "--classifier-runs",
+        type=int,
+        default=0,
+        help="independent classifier trainings (default: 3, or 10 for calochallenge)",
+    )
     p.add_argument("--no-fpd", action="store_true", help="skip FPD and KPD")
-    p.add_argument("--prdc", action="store_true", help="also compute precision/recall/density/coverage")
-    p.add_argument("--max-events", type=int, default=0, help="use only the first N events of each file")
-    p.add_argument("--cache-dir", default=None,
-                   help="folder for cached reference features and floors "
-                   "(default: $XDG_CACHE_HOME/detgan or ~/.cache/detgan; 'none' disables)")
+    p.add_argument(
+        "--prdc", action="store_true", help="also compute precision/recall/density/coverage"
+    )
+    p.add_argument(
+        "--max-events", type=int, default=0, help="use only the first N events of each file"
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="folder for cached reference features and floors "
+        "(default: $XDG_CACHE_HOME/detgan or ~/.cache/detgan; 'none' disables)",
+    )
     p.add_argument("--no-figures", action="store_true", help="write the tables without figures")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="device for the classifier (default: cpu)")
@@ -67,18 +86,27 @@ def run(args: argparse.Namespace) -> int:
         raise DetganError(f"output '{out}' already exists; pass --overwrite to replace it")
     threads = set_threads(args.threads)
     settings = EvaluationSettings(
-        kind=args.kind, protocol=args.protocol, classifier=not args.no_classifier,
-        classifier_runs=args.classifier_runs, fpd=not args.no_fpd, prdc=args.prdc,
-        max_events=args.max_events, seed=args.seed, device=str(resolve_device(args.device)),
+        kind=args.kind,
+        protocol=args.protocol,
+        classifier=not args.no_classifier,
+        classifier_runs=args.classifier_runs,
+        fpd=not args.no_fpd,
+        prdc=args.prdc,
+        max_events=args.max_events,
+        seed=args.seed,
+        device=str(resolve_device(args.device)),
         kpd_batch_size=10000 if args.protocol == "calochallenge" else 5000,
     )
     t0 = time.perf_counter()
     say = lambda m: print(f"[{time.perf_counter() - t0:6.1f} s] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    evaluation = evaluate_files(args.reference, args.candidate, settings,
-                                cache_dir=_cache_dir(args.cache_dir), progress=say)
+    evaluation = evaluate_files(
+        args.reference, args.candidate, settings, cache_dir=_cache_dir(args.cache_dir), progress=say
+    )
     say("writing report")
     extra = _extra_files(evaluation)
-    write_report(evaluation, out, overwrite=args.overwrite, figures=not args.no_figures, extra_files=extra)
+    write_report(
+        evaluation, out, overwrite=args.overwrite, figures=not args.no_figures, extra_files=extra
+    )
     _print_summary(evaluation.summary, out, threads, time.perf_counter() - t0)
     return 0
 
@@ -97,9 +125,11 @@ def _print_summary(summary: dict, out: Path, threads: int, elapsed: float) -> No
         line = [f"{family}:"]
         for key in ("classifier_low", "classifier_high"):
             if key in m:
-                line.append(f"AUC {key.split('_')[1]} {m[key]['auc']:.3f} (floor {f.get(key, {}).get('auc', float('nan')):.3f})")
+                floor = f.get(key, {}).get("auc", float("nan"))
+                line.append(f"AUC {key.split('_')[1]} {m[key]['auc']:.3f} (floor {floor:.3f})")
         if "fpd" in m:
-            line.append(f"FPD×1e3 {m['fpd']['value_x1e3']:.3g} (floor {f.get('fpd', {}).get('value_x1e3', float('nan')):.3g})")
+            floor = f.get("fpd", {}).get("value_x1e3", float("nan"))
+            line.append(f"FPD×1e3 {m['fpd']['value_x1e3']:.3g} (floor {floor:.3g})")
         print("  ".join(line))
     for w in summary.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
