@@ -218,6 +218,8 @@ def test_file_streaming_has_bounded_memory_and_matches_memory(tmp_path):
     assert peaks[1] < 1.3 * peaks[0]  # five times the events, no more memory
     stored = load_showers(tmp_path / "ds2-200.h5")
     np.testing.assert_array_equal(stored.cells, simulate(cfg, 200, 3).cells)
+    simulate_to_file(cfg, 200, 3, tmp_path / "two-workers.h5", workers=2)
+    np.testing.assert_array_equal(load_showers(tmp_path / "two-workers.h5").cells, stored.cells)
     assert stored.meta["attrs"]["seed"] == 3
     assert CaloSimConfig.from_json(stored.meta["attrs"]["config_json"]) == cfg
 
