@@ -47,7 +47,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
     v = float(v)
     if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
         return f"{v:.{digits - 1}e}"
-    return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}f}".rstrip("0").rstrip(".") or "0"
+    return f"{v:.{digits}g}"
 
 
 def _pm(v: Any, e: Any) -> str:
@@ -380,7 +380,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
         ]
         for group in ("features", "pooled"):
             if group in result["metrics"]:
-                title = "Observables" if group == "features" else "Per-station observables (pooled)"
+                title = (
+                    "Observables"
+                    if group == "features"
+                    else "Pooled observables (every station / voxel)"
+                )
                 parts += [
                     f"### {title}",
                     "",
@@ -474,7 +478,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, list[tuple[str, Any]
                 title = (
                     "Observables"
                     if group == "features"
-                    else "Per-station observables (all stations pooled)"
+                    else "Pooled observables (every station with signal / every voxel)"
                 )
                 out.append(f"<h3>{title}</h3>")
                 out.append(_table_html(FEATURE_HEADER, feature_rows(result, group), (2, 4, 6)))
