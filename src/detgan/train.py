@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from detgan import losses
 from detgan.config import Config, require
-from detgan.utils import DetganError, atomic_output
+from detgan.checkpoint import load_checkpoint_safely, save_checkpoint
+from detgan.utils import DetganError
 
 __all__ = [
     "TrainConfig",
@@ -139,10 +140,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise DetganError(f"checkpoint '{path}' not found; is this a training run directory?")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt file
-        raise DetganError(f"checkpoint '{path}' cannot be read ({type(exc).__name__})") from None
+    state = load_checkpoint_safely(path, map_location)  # weights_only + content hash
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DetganError(f"checkpoint '{path}' has an unknown format; retrain or update detgan")
     return state
@@ -370,9 +368,7 @@ class Trainer:
         if self.run_dir is None:
             return None
         path = self.run_dir / CHECKPOINT_NAME
-        with atomic_output(path, overwrite=True) as tmp:
-            torch.save(self.state_dict(), tmp)
-        return path
+        return save_checkpoint(self.state_dict(), path)  # hashed, fsynced, atomic
 
     def resume(self) -> Trainer:
         """Continue from ``RUN/checkpoint.pt``: restore all state, cut history back to it."""
