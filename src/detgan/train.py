@@ -260,7 +260,9 @@ class Trainer:
     def _update_ema(self) -> None:
         if self.ema is None:
             return
-        d = self.cfg.ema_decay
+        # Warm-up (d_t = min(d, (1 + t)/(10 + t))) so early random weights fade out quickly.
+        t = self.updates["generator"]
+        d = min(self.cfg.ema_decay, (1.0 + t) / (10.0 + t))
         with torch.no_grad():
             for p_ema, p in zip(self.ema.parameters(), self.models["generator"].parameters()):
                 p_ema.lerp_(p, 1.0 - d)

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 ARCHITECTURES = ("paper", "dense")
-OUTPUTS = ("relu", "trigger")
+OUTPUTS = ("relu", "trigger", "gate")
 CONSTRAINERS = ("aixnet", "dense")
 
 
@@ -37,7 +37,9 @@ class FootprintModelConfig(Config):
     """Architecture of the footprint generator, critic and constrainer.
 
     ``architecture``: 'paper' (Tables 1/2 of [E18]) or 'dense' (MLPs, see :class:`DenseGenerator`).
-    ``output``: 'relu' (paper) or 'trigger' (stations are 0 or ≥ the trigger threshold).
+    ``output``: 'relu' (paper), 'trigger' (stations are 0 or ≥ the trigger threshold, straight-
+    through gradient) or 'gate' (dense only: a stochastic per-station on/off gate times an
+    amplitude above threshold, see :class:`DenseGenerator`).
     ``critic_conditional``/``critic_sorted``: the dense critic also sees the label / the station
     values sorted in decreasing order. ``constrainer``: 'aixnet' (:class:`AixNetConstrainer`) or
     'dense' (:class:`DenseConstrainer`, ~50× cheaper on a CPU). ``dropout`` and ``leaky_slope`` are not given in the
@@ -60,7 +62,9 @@ class FootprintModelConfig(Config):
     def validate(self) -> None:
         require(self.architecture in ARCHITECTURES,
                 f"architecture '{self.architecture}' unknown; use one of {', '.join(ARCHITECTURES)}")
-        require(self.output in OUTPUTS, f"output '{self.output}' unknown; use relu or trigger")
+        require(self.output in OUTPUTS, f"output '{self.output}' unknown; use relu, trigger or gate")
+        require(self.output != "gate" or self.architecture == "dense",
+                "output 'gate' needs architecture=dense")
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
         require(self.n_side == 9 or self.architecture == "dense",
                 "the paper architecture needs n_side = 9; use architecture=dense")
@@ -93,6 +97,7 @@ class PaperGenerator(nn.Module):
     def __init__(self, latent_dim: int = 80, output: str = "relu", threshold: float = 0.0) -> None:
         super().__init__()
         self.latent_dim, self.output = latent_dim, output
+        self.noise_dim = latent_dim
         self.register_buffer("threshold", torch.tensor(float(threshold)))
         self.dense = nn.Sequential(nn.Linear(latent_dim + 1, 80), nn.ReLU())
         layers: list[nn.Module] = []
@@ -218,29 +223,46 @@ def _label_features(y: Tensor) -> Tensor:
 
 
 class DenseGenerator(nn.Module):
-    """Dense generator: (z (N, l), y (N,)) → footprint (N, n, n).
+    """Dense generator: (z (N, noise_dim), y (N,)) → footprint (N, n, n).
 
-    v = A·φ(y) + b + MLP([z, φ(y)]) with φ(y) = (y, y², y³): the linear path is a learnt
-    per-energy mean footprint and the MLP generates the residual around it. The output is
-    ReLU(v) or, with ``output='trigger'``, the detector trigger :func:`trigger_gate` (0 or ≥ θ).
+    h = A·φ(y) + b + MLP([z, φ(y)]) with φ(y) = (y, y², y³): the linear path is a learnt
+    per-energy mean and the MLP generates the residual around it. Outputs:
+
+    - 'relu': ReLU(h) (n² values); 'trigger': :func:`trigger_gate` (0 or ≥ θ);
+    - 'gate': h holds a gate logit g and an amplitude a per station; the station reads
+      x = 1[g + ℓ > 0] · (θ + softplus(a)), so it is exactly 0 or above the threshold θ. ℓ is
+      logistic noise made from n² extra latent normals (ℓ = logit Φ(z')), so
+      ``noise_dim = latent_dim + n²`` and the on/off decision near threshold is random, as in
+      the detector. Gradients reach g through the straight-through Gumbel-sigmoid estimator
+      (forward hard, backward σ(g + ℓ)).
     """
 
     def __init__(self, latent_dim: int = 32, n_side: int = 9, hidden: int = 256, depth: int = 3,
                  output: str = "trigger", threshold: float = 0.0) -> None:
         super().__init__()
         self.latent_dim, self.n_side, self.output = latent_dim, n_side, output
+        n = n_side * n_side
+        self.noise_dim = latent_dim + (n if output == "gate" else 0)
         self.register_buffer("threshold", torch.tensor(float(threshold)))
-        n_out = n_side * n_side
+        n_out = n * (2 if output == "gate" else 1)
         self.mean = nn.Linear(3, n_out)
         self.residual = _mlp(latent_dim + 3, hidden, depth, n_out, nn.LeakyReLU(0.2))
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         phi = _label_features(y)
-        v = self.mean(phi) + self.residual(torch.cat([z, phi], dim=1))
-        v = v.reshape(-1, self.n_side, self.n_side)
+        h = self.mean(phi) + self.residual(torch.cat([z[:, : self.latent_dim], phi], dim=1))
+        shape = (-1, self.n_side, self.n_side)
+        if self.output == "gate":
+            n = self.n_side * self.n_side
+            noise = z[:, self.latent_dim:]
+            logistic = torch.special.log_ndtr(noise) - torch.special.log_ndtr(-noise)
+            soft = torch.sigmoid(h[:, :n] + logistic)
+            gate = (soft > 0.5).to(soft.dtype) + soft - soft.detach()
+            amplitude = self.threshold + nn.functional.softplus(h[:, n:])
+            return (gate * amplitude).reshape(shape)
         if self.output == "trigger":
-            return trigger_gate(v, self.threshold)
-        return torch.relu(v)
+            return trigger_gate(h.reshape(shape), self.threshold)
+        return torch.relu(h).reshape(shape)
 
 
 class DenseCritic(nn.Module):

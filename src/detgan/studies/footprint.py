@@ -1,0 +1,668 @@
+"""Energy-conditioned footprint generation end to end: presets, training, generation, the study.
+
+``paper_methods.md`` §2 [E18, arXiv:1802.03325]: a WGAN-GP [GP17, arXiv:1704.00028] with an
+energy constrainer learns the 9×9 footprints of the air-shower 'data' variant as a function of
+the primary energy. The study reproduces the paper's Figs. 2–4 and compares generated with
+held-out simulated footprints (total signal per energy decile, stations above threshold, hottest
+station, lateral profile, classifier two-sample test).
+
+Functions for scripts and ``detgan demo``::
+
+    train_footprint(setup, data_path, run_dir, *, device="cpu", resume=False, ...)
+    generate(run_dir, n, energy_spec, seed, out, *, device="cpu", overwrite=False)
+    run_footprint_study(run_dir, reference, out_dir, *, n_events=20000, seed=0, ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from detgan import __version__
+from detgan.config import Config, pick_preset, require
+from detgan.io.native import read_arrays, read_attrs, write_arrays
+from detgan.models.footprint import FootprintModelConfig, build_footprint_models
+from detgan.train import CHECKPOINT_NAME, HISTORY_NAME, AdversarialProblem, Trainer, TrainConfig
+from detgan.train import load_checkpoint
+from detgan.transforms import Standardise, Transform, transform_from_state
+from detgan.utils import DetganError, resolve_device
+
+__all__ = [
+    "FootprintDataConfig",
+    "FootprintSetup",
+    "FOOTPRINT_PRESETS",
+    "footprint_preset",
+    "train_footprint",
+    "load_footprint_model",
+    "generate_footprints",
+    "parse_energy_spec",
+    "generate",
+    "footprint_observables",
+    "run_footprint_study",
+]
+
+#: E_label values of Fig. 2 (EeV).
+SNAPSHOT_ENERGIES = (10.0, 30.0, 70.0, 100.0)
+DEFAULT_THRESHOLD = 2.065  # log10(115.2 + 1), 'data' variant (airshower.md §16.2)
+
+
+@dataclasses.dataclass(frozen=True)
+class FootprintDataConfig(Config):
+    """Data-dependent settings: ``epochs`` > 0 sets iterations = ⌈epochs·N/(batch·n_critic)⌉,
+    ``pretrain_epochs`` > 0 sets the constrainer pre-training to ⌈epochs·N/batch⌉ updates;
+    ``max_events`` > 0 caps the training sample; ``threshold`` (0: from the file's
+    ``trigger_threshold`` attribute) is the footprint trigger threshold log10(θ + 1);
+    ``snapshots`` fixed-noise snapshots are taken for Fig. 2."""
+
+    epochs: float = 0.0
+    pretrain_epochs: float = 0.0
+    max_events: int = 0
+    threshold: float = 0.0
+    snapshots: int = 6
+
+    def validate(self) -> None:
+        require(self.epochs >= 0 and self.pretrain_epochs >= 0, "epochs must be >= 0")
+        require(self.max_events >= 0, "max_events must be >= 0 (0: all events)")
+        require(self.threshold >= 0, "threshold must be >= 0 (0: from the data file)")
+        require(self.snapshots >= 2, "snapshots must be at least 2 (early and late)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FootprintSetup:
+    """The three configs of a footprint run; ``with_overrides`` routes names to their config."""
+
+    model: FootprintModelConfig
+    train: TrainConfig
+    data: FootprintDataConfig
+
+    def to_json(self) -> str:
+        return json.dumps({k: json.loads(getattr(self, k).to_json())
+                           for k in ("model", "train", "data")}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FootprintSetup:
+        d = json.loads(text)
+        return cls(FootprintModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]),
+                   FootprintDataConfig.from_dict(d["data"]))
+
+    def with_overrides(self, values: dict[str, Any]) -> FootprintSetup:
+        parts = {"model": {}, "train": {}, "data": {}}
+        for name, value in values.items():
+            owner = [k for k in parts if name in getattr(self, k).field_names()]
+            if not owner:
+                valid = sorted(n for k in parts for n in getattr(self, k).field_names())
+                raise DetganError(f"unknown setting '{name}'; valid settings: {', '.join(valid)}")
+            parts[owner[0]][name] = value
+        return FootprintSetup(*(getattr(self, k).replace(**parts[k]) for k in parts))
+
+
+def _paper(kappa: float, lam: float, batch: int, epochs: float, n_critic: int, dec_g: float,
+           dec_c: float, pretrain: float) -> FootprintSetup:
+    train = TrainConfig(n_critic=n_critic, batch_size=batch, gp_weight=lam, constraint_weight=kappa,
+                        lr_generator=5e-4, lr_critic=5e-4, lr_constrainer=5e-4, beta1=0.5, beta2=0.9,
+                        decay_generator=dec_g, decay_critic=dec_c, pretrain_lr=1e-3,
+                        checkpoint_every=1000)
+    return FootprintSetup(FootprintModelConfig(), train,
+                          FootprintDataConfig(epochs=epochs, pretrain_epochs=pretrain))
+
+
+def _improved(iterations: int, hidden: int, ema: float, checkpoint_every: int) -> FootprintSetup:
+    model = FootprintModelConfig(architecture="dense", latent_dim=32, hidden=hidden, depth=3,
+                                 output="gate", critic_conditional=True, critic_sorted=True,
+                                 constrainer="dense")
+    train = TrainConfig(iterations=iterations, n_critic=5, batch_size=256, gp_weight=10.0,
+                        constraint_weight=0.01, lr_generator=2e-4, lr_critic=2e-4,
+                        lr_constrainer=5e-4, beta1=0.5, beta2=0.9, decay_generator=1e-4,
+                        decay_critic=1e-4, pretrain_steps=300, pretrain_lr=1e-3, ema_decay=ema,
+                        checkpoint_every=checkpoint_every)
+    return FootprintSetup(model, train, FootprintDataConfig())
+
+
+#: Named presets: the paper's two hyper-parameter columns (Tables 1/2 models) and our design.
+FOOTPRINT_PRESETS: dict[str, FootprintSetup] = {
+    "paper-journal": _paper(0.01, 10.0, 128, 500, 10, 1e-4, 1e-5, 3),
+    "paper-arxiv": _paper(0.001, 3.0, 64, 100, 8, 1e-4, 1e-4, 0),
+    "quick": _improved(4500, 256, 0.999, 500),
+    "full": _improved(30000, 384, 0.999, 2000),
+}
+
+
+def footprint_preset(name: str) -> FootprintSetup:
+    """The named preset (``paper-journal``, ``paper-arxiv``, ``quick``, ``full``)."""
+    return pick_preset(FOOTPRINT_PRESETS, name, "footprint preset")
+
+
+# --------------------------------------------------------------------------- data + transforms
+def _load_data(path: str | os.PathLike, max_events: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(footprint (N, 9, 9) float32, energy (N,) EeV, threshold log10(θ+1)) from a native file."""
+    arrays = read_arrays(path, ["footprint", "energy"], stop=max_events or None)
+    attrs = read_attrs(path)
+    theta = attrs.get("trigger_threshold")
+    threshold = math.log10(float(theta) + 1.0) if isinstance(theta, (int, float)) else 0.0
+    return arrays["footprint"].astype(np.float32), arrays["energy"].astype(np.float64), threshold
+
+
+def _fit_transforms(footprint: np.ndarray, energy: np.ndarray) -> dict[str, Transform]:
+    """Footprint: one global rescaling (0 stays 0); label: standardised E (the 'paper' energies
+    are uniform in E, so the label stays within ±1.8 and its powers stay tame)."""
+    return {
+        "footprint": Standardise(scalar=True, center=False).fit(torch.from_numpy(footprint)),
+        "label": Standardise(scalar=True).fit(torch.from_numpy(energy)),
+    }
+
+
+def _label_to_net(transforms: dict[str, Transform], energy: Any) -> Tensor:
+    return transforms["label"].forward(torch.as_tensor(np.asarray(energy), dtype=torch.float64)).float()
+
+
+def _problem(x: Tensor, y: Tensor, noise_dim: int) -> AdversarialProblem:
+    """Real batches drawn with replacement; fakes carry the labels of the real batch."""
+
+    def sample_real(n: int, rng: torch.Generator) -> dict[str, Tensor]:
+        idx = torch.randint(len(x), (n,), generator=rng).to(x.device)
+        return {"x": x[idx], "y": y[idx]}
+
+    def sample_fake(gen: nn.Module, batch: dict[str, Tensor], rng: torch.Generator):
+        z = torch.randn(len(batch["y"]), noise_dim, generator=rng).to(x.device)
+        return gen(z, batch["y"]), batch["y"]
+
+    return AdversarialProblem(sample_real, sample_fake, lambda c, u, lab: c(u, lab))
+
+
+def _snapshot_callback(steps: list[int], transforms: dict[str, Transform], noise_dim: int):
+    """Fixed-noise snapshots (Fig. 2) at the given iterations, stored in ``trainer.extra``."""
+    z = torch.randn(len(SNAPSHOT_ENERGIES), noise_dim, generator=torch.Generator().manual_seed(7))
+    y = _label_to_net(transforms, SNAPSHOT_ENERGIES)
+
+    def callback(trainer: Trainer) -> None:
+        if trainer.step not in steps:
+            return
+        images = _sample(trainer.sampling_generator, z, y, transforms)
+        trainer.extra["snapshot_steps"] = list(trainer.extra.get("snapshot_steps", [])) + [trainer.step]
+        previous = trainer.extra.get("snapshots")
+        images = images.unsqueeze(0)
+        trainer.extra["snapshots"] = images if previous is None else torch.cat([previous, images])
+
+    return callback
+
+
+def _snapshot_steps(iterations: int, count: int) -> list[int]:
+    """Roughly geometric iterations from 1 % of training to the end."""
+    raw = np.geomspace(max(1, iterations // 100), iterations, count)
+    return sorted({int(round(s)) for s in raw})
+
+
+def _sample(gen: nn.Module, z: Tensor, y: Tensor, transforms: dict[str, Transform]) -> Tensor:
+    """Generator output in data units (CPU float32), evaluated in eval mode (BN running stats)."""
+    device = next(gen.parameters()).device
+    was_training = gen.training
+    gen.eval()
+    with torch.no_grad():
+        x = gen(z.to(device), y.to(device))
+    gen.train(was_training)
+    return transforms["footprint"].inverse(x.float().cpu())
+
+
+# --------------------------------------------------------------------------------- training
+def _resolved(setup: FootprintSetup, n: int) -> FootprintSetup:
+    """Turn epochs into iteration counts for a sample of ``n`` events."""
+    t, d, changes = setup.train, setup.data, {}
+    if d.epochs > 0:
+        changes["iterations"] = max(1, math.ceil(d.epochs * n / (t.batch_size * t.n_critic)))
+    if d.pretrain_epochs > 0:
+        changes["pretrain_steps"] = math.ceil(d.pretrain_epochs * n / t.batch_size)
+    return dataclasses.replace(setup, train=t.replace(**changes)) if changes else setup
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        require((run_dir / CHECKPOINT_NAME).is_file(),
+                f"nothing to resume: '{run_dir / CHECKPOINT_NAME}' does not exist; drop --resume")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        require(overwrite, f"run directory '{run_dir}' is not empty; use --resume to continue "
+                           "it or --overwrite to start afresh")
+        for name in (CHECKPOINT_NAME, HISTORY_NAME, "config.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def train_footprint(
+    setup: FootprintSetup,
+    data_path: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    until: int | None = None,
+) -> Path:
+    """Train the footprint WGAN on ``data_path`` (native file with ``footprint``, ``energy``).
+
+    Writes ``RUN/checkpoint.pt`` (every ``checkpoint_every`` iterations and at the end),
+    ``RUN/history.jsonl`` (C1..C4 per iteration) and ``RUN/config.json``. With ``resume`` the
+    run continues exactly from its checkpoint (its stored configuration wins over ``setup``).
+    ``until`` stops early at that iteration (for tests and demos). Returns the run directory.
+    """
+    run_dir = Path(run_dir)
+    _prepare_run_dir(run_dir, resume, overwrite)
+    dev = resolve_device(device)
+    state = load_checkpoint(run_dir) if resume else None
+    if state is not None:
+        setup = FootprintSetup.from_json(state["config_json"])
+        max_events = int(state["extra"]["n_train"])
+    else:
+        max_events = setup.data.max_events
+    footprint, energy, file_threshold = _load_data(data_path, max_events)
+    setup = _resolved(setup, len(energy))
+    if state is not None:
+        require(len(energy) == int(state["extra"]["n_train"]),
+                f"'{data_path}' has fewer events than the run was trained on; use the same file")
+        transforms = {k: transform_from_state(v) for k, v in state["extra"]["transforms"].items()}
+        threshold = float(state["extra"]["threshold"])
+    else:
+        transforms = _fit_transforms(footprint, energy)
+        threshold = setup.data.threshold or file_threshold or DEFAULT_THRESHOLD
+    trainer = _build_trainer(setup, footprint, energy, transforms, threshold, run_dir, dev, progress)
+    if state is not None:
+        trainer.resume()
+    else:
+        (run_dir / "config.json").write_text(json.dumps(json.loads(setup.to_json()), indent=2))
+    trainer.run(until=until)
+    return run_dir
+
+
+def _build_trainer(setup: FootprintSetup, footprint: np.ndarray, energy: np.ndarray,
+                   transforms: dict[str, Transform], threshold: float, run_dir: Path,
+                   device: torch.device, progress: bool) -> Trainer:
+    thr_net = float(transforms["footprint"].forward(torch.tensor(threshold)))
+    with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
+        torch.manual_seed(setup.train.seed)
+        models = build_footprint_models(setup.model, thr_net)
+    models = {k: m.to(device) for k, m in models.items()}
+    x = transforms["footprint"].forward(torch.from_numpy(footprint)).to(device)
+    y = _label_to_net(transforms, energy).to(device)
+    extra = {"transforms": {k: t.state_dict() for k, t in transforms.items()},
+             "threshold": threshold, "n_train": len(energy),
+             "snapshot_energies": list(SNAPSHOT_ENERGIES), "package_version": __version__}
+    steps = _snapshot_steps(setup.train.iterations, setup.data.snapshots)
+    noise_dim = models["generator"].noise_dim
+    callback = _snapshot_callback(steps, transforms, noise_dim)
+    return Trainer(models, _problem(x, y, noise_dim), setup.train, run_dir,
+                   config_json=setup.to_json(), extra=extra, callbacks=[callback],
+                   progress=progress)
+
+
+# ------------------------------------------------------------------------------- generation
+@dataclasses.dataclass
+class FootprintModel:
+    """A trained run, ready to sample: generator (EMA weights when kept), constrainer,
+    transforms, configuration and the checkpoint's ``extra`` (snapshots, threshold)."""
+
+    generator: nn.Module
+    constrainer: nn.Module
+    transforms: dict[str, Transform]
+    setup: FootprintSetup
+    step: int
+    extra: dict[str, Any]
+    device: torch.device
+
+    def sample(self, energy: np.ndarray, seed: int = 0, batch_size: int = 4096) -> np.ndarray:
+        """Footprints for the given energies (N,) EeV → (N, 9, 9) float32 in data units."""
+        rng = torch.Generator().manual_seed(int(seed))
+        y = _label_to_net(self.transforms, energy)
+        out = []
+        for start in range(0, len(y), batch_size):
+            yb = y[start:start + batch_size]
+            z = torch.randn(len(yb), self.generator.noise_dim, generator=rng)
+            out.append(_sample(self.generator, z, yb, self.transforms))
+        return torch.cat(out).numpy().astype(np.float32)
+
+    def reconstruct(self, footprint: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Constrainer energy estimate: footprints (N, 9, 9) → energies (N,) EeV."""
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(footprint), batch_size):
+                x = torch.as_tensor(footprint[start:start + batch_size], dtype=torch.float32)
+                x = self.transforms["footprint"].forward(x).to(self.device)
+                out.append(self.constrainer(x).double().cpu())
+        return self.transforms["label"].inverse(torch.cat(out)).numpy()
+
+
+def load_footprint_model(run_dir: str | os.PathLike, device: str = "cpu") -> FootprintModel:
+    """Rebuild the networks of a run from ``RUN/checkpoint.pt`` (loaded with weights_only)."""
+    dev = resolve_device(device)
+    state = load_checkpoint(run_dir)
+    try:
+        setup = FootprintSetup.from_json(state["config_json"])
+    except (KeyError, ValueError):
+        raise DetganError(f"'{run_dir}' is not a footprint run; train one with "
+                          "'detgan train footprint'") from None
+    extra = state["extra"]
+    transforms = {k: transform_from_state(v) for k, v in extra["transforms"].items()}
+    thr_net = float(transforms["footprint"].forward(torch.tensor(float(extra["threshold"]))))
+    models = build_footprint_models(setup.model, thr_net)
+    weights = state["models"]
+    models["generator"].load_state_dict(weights.get("generator_ema", weights["generator"]))
+    models["constrainer"].load_state_dict(weights["constrainer"])
+    gen, con = (models[k].to(dev).eval() for k in ("generator", "constrainer"))
+    return FootprintModel(gen, con, transforms, setup, int(state["step"]), extra, dev)
+
+
+def generate_footprints(model: FootprintModel, energy: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N,) energies in EeV → (N, 9, 9) generated footprints."""
+    return model.sample(np.asarray(energy, dtype=np.float64), seed)
+
+
+def parse_energy_spec(spec: str, n: int | None, seed: int = 0) -> np.ndarray:
+    """Energies (EeV) from ``FILE.h5`` (its ``energy``), ``uniform:LOW,HIGH`` or one VALUE."""
+    spec = str(spec).strip()
+    if spec.startswith("uniform:"):
+        try:
+            low, high = (float(v) for v in spec[len("uniform:"):].split(","))
+        except ValueError:
+            raise DetganError(f"energy '{spec}' must look like uniform:1,100") from None
+        require(0 < low < high, f"energy '{spec}' needs 0 < LOW < HIGH")
+        require(n is not None and n >= 1, "give the number of events with -n for uniform energies")
+        return np.random.default_rng(seed).uniform(low, high, n)
+    try:
+        value = float(spec)
+    except ValueError:
+        value = None
+    if value is not None:
+        require(value > 0 and math.isfinite(value), f"energy {spec} must be a positive number (EeV)")
+        require(n is not None and n >= 1, "give the number of events with -n for a fixed energy")
+        return np.full(n, value)
+    if not Path(spec).exists():
+        raise DetganError(f"energy '{spec}' is neither a file, uniform:LOW,HIGH nor a number")
+    energy = read_arrays(spec, ["energy"])["energy"].astype(np.float64)
+    require(n is None or n <= len(energy),
+            f"'{spec}' holds only {len(energy)} energies; use -n {len(energy)} or fewer")
+    return energy[:n] if n is not None else energy
+
+
+def generate(
+    run_dir: str | os.PathLike, n: int | None, energy_spec: str, seed: int,
+    out: str | os.PathLike, *, device: str = "cpu", overwrite: bool = False,
+) -> Path:
+    """Write ``n`` generated events to ``out``: ``footprint`` (N, 9, 9) float32, ``energy`` (N,)
+    float64 in EeV and ``log10_energy`` (N,), the layout of the simulation files."""
+    model = load_footprint_model(run_dir, device)
+    energy = parse_energy_spec(energy_spec, n, seed)
+    footprint = model.sample(energy, seed)
+    attrs = {
+        "generator": "detgan footprint WGAN", "run_dir": str(run_dir), "step": model.step,
+        "seed": int(seed), "energy_spec": str(energy_spec), "config_json": model.setup.to_json(),
+        "n_side": 9, "trigger_threshold": 10 ** float(model.extra["threshold"]) - 1.0,
+        "n_events": len(energy),
+    }
+    arrays = {"footprint": footprint, "energy": energy,
+              "log10_energy": np.log10(energy) + 18.0}
+    return write_arrays(out, arrays, attrs, overwrite=overwrite)
+
+
+# ------------------------------------------------------------------------------------ study
+def _station_xy(n_side: int = 9) -> np.ndarray:
+    """Station positions (n², 2) in units of the spacing, 'offset' layout (airshower.md §3)."""
+    n0 = (n_side - 1) / 2
+    i, j = np.meshgrid(np.arange(n_side), np.arange(n_side), indexing="ij")
+    x = i - n0 + 0.5 * np.mod(j - n0, 2)
+    y = (j - n0) * np.sin(np.pi / 3)
+    return np.stack([x.ravel(), y.ravel()], axis=1)
+
+
+#: Ring edges (units of the spacing) of the lateral profile around the hottest station.
+LATERAL_EDGES = np.array([0.0, 0.5, 1.5, 2.5, 3.5, 4.5, 6.0])
+
+
+def footprint_observables(footprint: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-event observables of footprints (N, n, n): total Σ log10(S+1) (N,), stations above
+    threshold (N,), hottest-station value (N,) and the lateral profile (N, rings): the mean
+    footprint value of the stations in each ring of :data:`LATERAL_EDGES` around the hottest."""
+    n = footprint.shape[0]
+    flat = footprint.reshape(n, -1).astype(np.float64)
+    xy = _station_xy(footprint.shape[1])
+    hottest = flat.argmax(axis=1)
+    dist = np.linalg.norm(xy[None, :, :] - xy[hottest][:, None, :], axis=2)  # (N, n²)
+    ring = np.digitize(dist, LATERAL_EDGES) - 1
+    profile = np.stack([np.where(ring == r, flat, 0).sum(1) / np.maximum((ring == r).sum(1), 1)
+                        for r in range(len(LATERAL_EDGES) - 1)], axis=1)
+    return {"total": flat.sum(1), "n_stations": (flat > 0).sum(1).astype(np.float64),
+            "hottest": flat.max(1), "lateral": profile}
+
+
+def _decile_table(energy: np.ndarray, ref: dict, gen: dict, name: str) -> list[dict[str, float]]:
+    """Mean of observable ``name`` per energy decile (deciles of the reference energies)."""
+    edges = np.quantile(energy, np.linspace(0, 1, 11))
+    which = np.clip(np.digitize(energy, edges[1:-1]), 0, 9)
+    rows = []
+    for d in range(10):
+        sel = which == d
+        r, g = ref[name][sel], gen[name][sel]
+        sem = math.sqrt(r.var() / max(sel.sum(), 1) + g.var() / max(sel.sum(), 1))
+        rows.append({"decile": d, "e_low": float(edges[d]), "e_high": float(edges[d + 1]),
+                     "n": int(sel.sum()), "reference": float(r.mean()), "generated": float(g.mean()),
+                     "relative_deviation": float(g.mean() / r.mean() - 1), "combined_sem": sem})
+    return rows
+
+
+def _classifier_auc(ref_fp: np.ndarray, gen_fp: np.ndarray, energy: np.ndarray, seed: int,
+                    device: str) -> dict[str, Any]:
+    """Classifier two-sample test on [footprint (81), log10 E]: calibrated AUC ± std."""
+    from detgan.metrics import classifier_two_sample_test
+
+    def features(fp: np.ndarray) -> np.ndarray:
+        return np.concatenate([fp.reshape(len(fp), -1), np.log10(energy)[:, None]], 1)
+
+    res = classifier_two_sample_test(features(ref_fp), features(gen_fp), seed=seed, device=device)
+    return {"auc": res.auc, "auc_std": res.auc_std, "jsd": res.jsd, "n_per_class": res.n_per_class,
+            "settings": res.settings}
+
+
+def _read_history(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / HISTORY_NAME
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        require(overwrite, f"report directory '{out_dir}' is not empty; use --overwrite")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_footprint_study(
+    run_dir: str | os.PathLike, reference: str | os.PathLike, out_dir: str | os.PathLike, *,
+    n_events: int = 20000, seed: int = 0, device: str = "cpu", overwrite: bool = False,
+    classifier: bool = True,
+) -> dict[str, Any]:
+    """The footprint study: Figs. 2–4 of [E18] and generated-vs-reference comparisons.
+
+    ``reference``: held-out simulated events (not the training file); up to ``n_events`` are
+    used and as many events are generated with the same energies. Writes ``report.json``,
+    ``report.md`` and PNG figures into ``out_dir``; returns the JSON content.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
+    model = load_footprint_model(run_dir, device)
+    ref = read_arrays(reference, ["footprint", "energy"], stop=n_events)
+    energy = ref["energy"].astype(np.float64)
+    gen_fp = model.sample(energy, seed)
+    obs_ref, obs_gen = footprint_observables(ref["footprint"]), footprint_observables(gen_fp)
+    n3 = min(5000, len(energy))
+    e_con = model.reconstruct(gen_fp[:n3])
+    result = {
+        "run_dir": str(run_dir), "reference": str(reference), "n_events": len(energy),
+        "seed": seed, "iterations": model.step, "package_version": __version__,
+        "config": json.loads(model.setup.to_json()),
+        "constrainer": {"n": n3, "correlation": float(np.corrcoef(energy[:n3], e_con)[0, 1]),
+                        "correlation_on_reference": float(np.corrcoef(
+                            energy[:n3], model.reconstruct(ref["footprint"][:n3]))[0, 1])},
+        "deciles": {k: _decile_table(energy, obs_ref, obs_gen, k)
+                    for k in ("total", "n_stations", "hottest")},
+        "lateral_profile": {"edges": LATERAL_EDGES.tolist(),
+                            "reference": obs_ref["lateral"].mean(0).tolist(),
+                            "generated": obs_gen["lateral"].mean(0).tolist()},
+        "fraction_between_zero_and_threshold": float(
+            ((gen_fp > 0) & (gen_fp < float(model.extra["threshold"]))).mean()),
+    }
+    result["max_total_decile_deviation"] = max(
+        abs(r["relative_deviation"]) for r in result["deciles"]["total"])
+    if classifier:
+        result["classifier"] = _classifier_auc(ref["footprint"], gen_fp, energy, seed, device)
+    history = _read_history(run_dir)
+    figures = _make_figures(out_dir, model, history, energy[:n3], e_con, result, obs_ref, obs_gen)
+    _write_report(out_dir, result, figures)
+    return result
+
+
+# ---------------------------------------------------------------------------- figures, report
+def _hexmap(ax, values: np.ndarray, vmax: float) -> Any:
+    xy = _station_xy(values.shape[0])
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax.scatter(xy[:, 0], xy[:, 1], c=values.ravel(), s=90, marker="h", cmap="viridis",
+                      vmin=0, vmax=vmax, edgecolors="none")
+
+
+def _fig_patterns(path: Path, extra: dict[str, Any]) -> bool:
+    """Fig. 2: fixed-noise patterns for 10, 30, 70, 100 EeV, earliest and latest snapshot."""
+    from matplotlib.figure import Figure
+
+    snaps, steps = extra.get("snapshots"), list(extra.get("snapshot_steps", []))
+    if snaps is None or len(steps) < 1:
+        return False
+    rows = [0, len(steps) - 1] if len(steps) > 1 else [0]
+    energies = extra.get("snapshot_energies", SNAPSHOT_ENERGIES)
+    fig = Figure(figsize=(3 * len(energies), 3 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), len(energies), squeeze=False)
+    vmax = float(snaps.max()) or 1.0
+    for r, s in enumerate(rows):
+        for c, e in enumerate(energies):
+            im = _hexmap(axes[r, c], snaps[s, c].numpy(), vmax)
+            axes[r, c].set_title(f"{e:g} EeV, iteration {steps[s]}", fontsize=9)
+    fig.colorbar(im, ax=axes, label="log10(S/VEM + 1)", shrink=0.8)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def _fig_constrainer(path: Path, label: np.ndarray, estimate: np.ndarray, corr: float) -> None:
+    """Fig. 3: constrainer energy against the generator's label energy."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(label, estimate, s=2, alpha=0.3)
+    lim = [0, max(float(label.max()), float(estimate.max())) * 1.05]
+    ax.plot(lim, lim, "k--", lw=1)
+    ax.set(xlabel="E_label [EeV]", ylabel="E_constrainer [EeV]",
+           title=f"{len(label)} generated events, r = {corr:.3f}")
+    fig.savefig(path, dpi=110)
+
+
+def _fig_losses(path: Path, history: list[dict[str, float]]) -> bool:
+    """Fig. 4: (a) −C1 and C2, (b) C4, (c) C3 against the generator iteration."""
+    from matplotlib.figure import Figure
+
+    if not history:
+        return False
+    step = np.array([h["step"] for h in history])
+    fig = Figure(figsize=(12, 3.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    series = [(0, "−C1", [-h.get("C1", np.nan) for h in history]),
+              (0, "C2", [h.get("C2", np.nan) for h in history]),
+              (1, "C4", [h.get("C4", np.nan) for h in history]),
+              (2, "C3", [h.get("C3", np.nan) for h in history])]
+    width = max(1, len(step) // 100)
+    for i, name, values in series:
+        v = np.asarray(values, dtype=float)
+        smooth = np.convolve(v, np.ones(width) / width, mode="same") if width > 1 else v
+        axes[i].plot(step, v, alpha=0.25, lw=0.5)
+        axes[i].plot(step, smooth, label=name)
+        axes[i].legend()
+        axes[i].set_xlabel("generator iteration")
+    axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def _fig_comparison(path: Path, result: dict, obs_ref: dict, obs_gen: dict) -> None:
+    """Generated vs reference: total signal per decile, stations, hottest station, lateral."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.4), layout="constrained")
+    axes = fig.subplots(1, 4)
+    rows = result["deciles"]["total"]
+    centre = [0.5 * (r["e_low"] + r["e_high"]) for r in rows]
+    axes[0].plot(centre, [r["reference"] for r in rows], "ko", label="reference")
+    axes[0].plot(centre, [r["generated"] for r in rows], "r^", label="generated")
+    axes[0].set(xlabel="E [EeV] (decile centre)", ylabel="mean Σ log10(S+1)")
+    bins = np.arange(-0.5, max(obs_ref["n_stations"].max(), obs_gen["n_stations"].max()) + 1.5)
+    for ax, key, b, label in ((axes[1], "n_stations", bins, "stations above threshold"),
+                              (axes[2], "hottest", 40, "hottest station log10(S+1)")):
+        edges = np.histogram_bin_edges(np.concatenate([obs_ref[key], obs_gen[key]]), bins=b)
+        ax.hist(obs_ref[key], edges, histtype="step", color="k", label="reference")
+        ax.hist(obs_gen[key], edges, histtype="step", color="r", label="generated")
+        ax.set_xlabel(label)
+    lat = result["lateral_profile"]
+    mid = 0.5 * (LATERAL_EDGES[1:] + LATERAL_EDGES[:-1])
+    axes[3].plot(mid, lat["reference"], "ko-", label="reference")
+    axes[3].plot(mid, lat["generated"], "r^--", label="generated")
+    axes[3].set(xlabel="distance to hottest station [spacings]", ylabel="mean log10(S+1)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+
+
+def _make_figures(out_dir: Path, model: FootprintModel, history: list, label: np.ndarray,
+                  estimate: np.ndarray, result: dict, obs_ref: dict, obs_gen: dict) -> dict:
+    figures = {}
+    if _fig_patterns(out_dir / "fig2_patterns.png", model.extra):
+        figures["Fig. 2: generated patterns, early and late in training"] = "fig2_patterns.png"
+    _fig_constrainer(out_dir / "fig3_constrainer.png", label, estimate,
+                     result["constrainer"]["correlation"])
+    figures["Fig. 3: constrainer energy vs label"] = "fig3_constrainer.png"
+    if _fig_losses(out_dir / "fig4_losses.png", history):
+        figures["Fig. 4: loss curves"] = "fig4_losses.png"
+    _fig_comparison(out_dir / "comparison.png", result, obs_ref, obs_gen)
+    figures["Generated vs reference"] = "comparison.png"
+    return figures
+
+
+def _write_report(out_dir: Path, result: dict[str, Any], figures: dict[str, str]) -> None:
+    (out_dir / "report.json").write_text(json.dumps(result, indent=2))
+    lines = [f"# Footprint study: {result['run_dir']}", "",
+             f"Reference: `{result['reference']}`, {result['n_events']} events; generator after "
+             f"{result['iterations']} iterations; detgan {result['package_version']}.", "",
+             "| quantity | value |", "|---|---|",
+             f"| corr(E_label, E_constrainer), {result['constrainer']['n']} generated events "
+             f"| {result['constrainer']['correlation']:.4f} |",
+             f"| max. relative deviation of mean total signal over energy deciles "
+             f"| {100 * result['max_total_decile_deviation']:.2f} % |"]
+    if "classifier" in result:
+        c = result["classifier"]
+        lines.append(f"| classifier AUC (footprint + log10 E) | {c['auc']:.4f} ± {c['auc_std']:.4f} |")
+    lines += ["", "| decile | E range [EeV] | total ref | total gen | dev. | stations ref "
+              "| stations gen | hottest ref | hottest gen |", "|---|---|---|---|---|---|---|---|---|"]
+    d = result["deciles"]
+    for t, s, h in zip(d["total"], d["n_stations"], d["hottest"]):
+        lines.append(f"| {t['decile']} | {t['e_low']:.1f}–{t['e_high']:.1f} | {t['reference']:.2f} "
+                     f"| {t['generated']:.2f} | {100 * t['relative_deviation']:+.2f} % "
+                     f"| {s['reference']:.2f} | {s['generated']:.2f} | {h['reference']:.3f} "
+                     f"| {h['generated']:.3f} |")
+    lines.append("")
+    for title, name in figures.items():
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
