@@ -48,8 +48,16 @@ def files(tmp_path_factory):
 
 
 def tiny_setup(**changes):
-    values = dict(iterations=8, n_critic=2, batch_size=32, hidden=16, latent_dim=4,
-                  checkpoint_every=4, pretrain_steps=3, snapshots=3)
+    values = dict(
+        iterations=8,
+        n_critic=2,
+        batch_size=32,
+        hidden=16,
+        latent_dim=4,
+        checkpoint_every=4,
+        pretrain_steps=3,
+        snapshots=3,
+    )
     values.update(changes)
     return footprint_preset("quick").with_overrides(values)
 
@@ -154,8 +162,14 @@ def test_observables_on_a_constructed_footprint():
 def test_study_writes_report_json_markdown_and_figures(run, files, tmp_path):
     out = tmp_path / "report"
     result = run_footprint_study(run, files[1], out, n_events=300, classifier=True)
-    for name in ("report.json", "report.md", "fig2_patterns.png", "fig3_constrainer.png",
-                 "fig4_losses.png", "comparison.png"):
+    for name in (
+        "report.json",
+        "report.md",
+        "fig2_patterns.png",
+        "fig3_constrainer.png",
+        "fig4_losses.png",
+        "comparison.png",
+    ):
         assert (out / name).is_file(), name
     assert len(result["deciles"]["total"]) == 10
     assert -1 <= result["constrainer"]["correlation"] <= 1
@@ -168,14 +182,53 @@ def test_study_writes_report_json_markdown_and_figures(run, files, tmp_path):
 def test_cli_train_generate_study(files, tmp_path, capsys):
     run_dir, gen, rep = tmp_path / "run", tmp_path / "g.h5", tmp_path / "rep"
     common = ["--device", "cpu", "--threads", "1"]
-    assert main(["train", "footprint", "--preset", "quick", "--data", str(files[0]), "-o",
-                 str(run_dir), "--quiet", "--set", "iterations=3", "--set", "hidden=8",
-                 "--set", "pretrain_steps=1", *common]) == 0
-    assert main(["generate", str(run_dir), "-n", "20", "--energy", "50", "-o", str(gen),
-                 *common]) == 0
-    assert main(["study", "footprint", str(run_dir), "--reference", str(files[1]), "-o", str(rep),
-                 "--events", "100", "--no-classifier", *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "footprint",
+                "--preset",
+                "quick",
+                "--data",
+                str(files[0]),
+                "-o",
+                str(run_dir),
+                "--quiet",
+                "--set",
+                "iterations=3",
+                "--set",
+                "hidden=8",
+                "--set",
+                "pretrain_steps=1",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["generate", str(run_dir), "-n", "20", "--energy", "50", "-o", str(gen), *common]) == 0
+    )
+    assert (
+        main(
+            [
+                "study",
+                "footprint",
+                str(run_dir),
+                "--reference",
+                str(files[1]),
+                "-o",
+                str(rep),
+                "--events",
+                "100",
+                "--no-classifier",
+                *common,
+            ]
+        )
+        == 0
+    )
     assert (rep / "report.md").is_file()
-    assert main(["generate", str(run_dir), "-n", "5", "--energy", "-3", "-o",
-                 str(tmp_path / "x.h5")]) == 2
+    assert (
+        main(["generate", str(run_dir), "-n", "5", "--energy", "-3", "-o", str(tmp_path / "x.h5")])
+        == 2
+    )
     assert "energy -3 must be a positive number (EeV)" in capsys.readouterr().err

@@ -12,8 +12,8 @@ from detgan.train import (
     CHECKPOINT_NAME,
     HISTORY_NAME,
     AdversarialProblem,
-    Trainer,
     TrainConfig,
+    Trainer,
     keras_decay,
     load_checkpoint,
 )
@@ -32,8 +32,9 @@ class CondGenerator(nn.Module):
 class CondCritic(nn.Module):
     def __init__(self, hidden: int = 32) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, hidden), nn.LeakyReLU(0.2), nn.Dropout(0.1),
-                                 nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(3, hidden), nn.LeakyReLU(0.2), nn.Dropout(0.1), nn.Linear(hidden, 1)
+        )
 
     def forward(self, x, y):
         return self.net(torch.cat([x, y[:, None]], dim=1)).squeeze(1)
@@ -59,13 +60,21 @@ def make_trainer(run_dir=None, constrainer=True, **cfg) -> Trainer:
     torch.manual_seed(0)
     models = {"generator": CondGenerator(), "critic": CondCritic()}
     if constrainer:
-        models["constrainer"] = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1),
-                                              nn.Flatten(0))
-    base = dict(iterations=6, n_critic=2, batch_size=32, checkpoint_every=3, pretrain_steps=2,
-                ema_decay=0.9)
+        models["constrainer"] = nn.Sequential(
+            nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1), nn.Flatten(0)
+        )
+    base = dict(
+        iterations=6, n_critic=2, batch_size=32, checkpoint_every=3, pretrain_steps=2, ema_decay=0.9
+    )
     base.update(cfg)
-    return Trainer(models, toy_problem(), TrainConfig(**base), run_dir, progress=False,
-                   extra={"note": "toy", "tensor": torch.arange(3)})
+    return Trainer(
+        models,
+        toy_problem(),
+        TrainConfig(**base),
+        run_dir,
+        progress=False,
+        extra={"note": "toy", "tensor": torch.arange(3)},
+    )
 
 
 def _params(module):
@@ -101,8 +110,9 @@ def test_generator_step_updates_only_the_generator_and_every_parameter_gets_a_gr
     before = {k: _params(m) for k, m in t.models.items()}
     terms = t.generator_step()
     assert set(terms) == {"generator", "C3"}
-    assert all(p.grad is not None and p.grad.abs().sum() > 0
-               for p in t.models["generator"].parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in t.models["generator"].parameters()
+    )
     assert _changed(before["generator"], t.models["generator"])
     assert not _changed(before["critic"], t.models["critic"])
     assert not _changed(before["constrainer"], t.models["constrainer"])
@@ -131,11 +141,23 @@ def test_toy_conditional_problem_is_learnt():
     # Known answer: E[x | y] = (y, −y) with spread 0.1. Stated bound after 400 iterations
     # (a few seconds on one core): every bin mean within 0.1, spread within [0.03, 0.2].
     torch.manual_seed(0)
-    cfg = TrainConfig(iterations=400, n_critic=5, batch_size=128, gp_weight=1.0,
-                      lr_generator=5e-3, lr_critic=2e-3, decay_generator=0.0, decay_critic=0.0,
-                      ema_decay=0.95)
-    t = Trainer({"generator": LinearGenerator(), "critic": CondCritic(64)}, toy_problem(), cfg,
-                progress=False).run()
+    cfg = TrainConfig(
+        iterations=400,
+        n_critic=5,
+        batch_size=128,
+        gp_weight=1.0,
+        lr_generator=5e-3,
+        lr_critic=2e-3,
+        decay_generator=0.0,
+        decay_critic=0.0,
+        ema_decay=0.95,
+    )
+    t = Trainer(
+        {"generator": LinearGenerator(), "critic": CondCritic(64)},
+        toy_problem(),
+        cfg,
+        progress=False,
+    ).run()
     y = torch.linspace(-0.9, 0.9, 7).repeat_interleave(500)
     with torch.no_grad():
         x = t.sampling_generator(torch.randn(len(y), 2), y).reshape(7, 500, 2)
@@ -145,7 +167,7 @@ def test_toy_conditional_problem_is_learnt():
 
 
 def test_checkpoint_is_loadable_with_weights_only_and_complete(tmp_path):
-    t = make_trainer(tmp_path).run()
+    make_trainer(tmp_path).run()
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert state["step"] == 6 and state["finished"]
     assert set(state["models"]) == {"generator", "critic", "constrainer", "generator_ema"}
@@ -173,12 +195,18 @@ def test_resume_reproduces_an_uninterrupted_run_step_for_step(tmp_path):
     assert resumed.step == 3
     resumed.run()
     for name in full.models:
-        for p, q in zip(full.models[name].state_dict().values(),
-                        resumed.models[name].state_dict().values()):
+        for p, q in zip(
+            full.models[name].state_dict().values(), resumed.models[name].state_dict().values()
+        ):
             assert torch.equal(p, q), name
     assert all(torch.equal(p, q) for p, q in zip(full.ema.parameters(), resumed.ema.parameters()))
-    strip = lambda path: [{k: v for k, v in json.loads(s).items() if k != "time"}  # noqa: E731
-                          for s in path.read_text().splitlines()]
+
+    def strip(path):
+        return [
+            {k: v for k, v in json.loads(s).items() if k != "time"}
+            for s in path.read_text().splitlines()
+        ]
+
     assert strip(tmp_path / "a" / HISTORY_NAME) == strip(tmp_path / "b" / HISTORY_NAME)
 
 
@@ -192,8 +220,10 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(t
         return {"x": batch["x"] * float("nan"), "y": batch["y"]}
 
     t.problem.sample_real = poisoned
-    with pytest.raises(DetganError, match="non-finite loss .* at iteration 4; training stopped, "
-                                          "last good checkpoint"):
+    with pytest.raises(
+        DetganError,
+        match="non-finite loss .* at iteration 4; training stopped, last good checkpoint",
+    ):
         t.run()
     assert load_checkpoint(tmp_path)["step"] == 3
 

@@ -15,9 +15,16 @@ def _positive(n: int = 500) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "make",
-    [Identity, lambda: Log(offset=1.0), lambda: Log(offset=0.5, base=2.0), Standardise,
-     lambda: Standardise(scalar=True, center=False), BoxCox, lambda: BoxCox(lam=0.0),
-     lambda: Chain(Log(offset=1.0), Standardise())],
+    [
+        Identity,
+        lambda: Log(offset=1.0),
+        lambda: Log(offset=0.5, base=2.0),
+        Standardise,
+        lambda: Standardise(scalar=True, center=False),
+        BoxCox,
+        lambda: BoxCox(lam=0.0),
+        lambda: Chain(Log(offset=1.0), Standardise()),
+    ],
 )
 def test_inverse_of_forward_is_identity(make):
     x = _positive()
@@ -27,8 +34,14 @@ def test_inverse_of_forward_is_identity(make):
 
 @pytest.mark.parametrize(
     "make",
-    [Identity, Log, Standardise, lambda: Standardise(scalar=True), BoxCox,
-     lambda: Chain(Log(offset=0.0), Standardise(scalar=True))],
+    [
+        Identity,
+        Log,
+        Standardise,
+        lambda: Standardise(scalar=True),
+        BoxCox,
+        lambda: Chain(Log(offset=0.0), Standardise(scalar=True)),
+    ],
 )
 def test_state_dict_round_trip_gives_identical_outputs(make):
     x = _positive()

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from detgan import losses
-from detgan.config import Config, require
 from detgan.checkpoint import load_checkpoint_safely, save_checkpoint
+from detgan.config import Config, require
 from detgan.utils import DetganError
 
 __all__ = [
@@ -78,8 +78,10 @@ class TrainConfig(Config):
         require(self.iterations >= 1, "iterations must be at least 1")
         require(self.n_critic >= 1, "n_critic must be at least 1")
         require(self.batch_size >= 2, "batch_size must be at least 2")
-        require(self.gp_weight >= 0 and self.constraint_weight >= 0,
-                "gp_weight and constraint_weight must be non-negative")
+        require(
+            self.gp_weight >= 0 and self.constraint_weight >= 0,
+            "gp_weight and constraint_weight must be non-negative",
+        )
         for name in ("lr_generator", "lr_critic", "lr_constrainer", "pretrain_lr"):
             require(getattr(self, name) > 0, f"{name} must be positive")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must lie in [0, 1)")
@@ -167,8 +169,10 @@ class Trainer:
         callbacks: Sequence[Callable[[Trainer], None]] = (),
         progress: bool = True,
     ) -> None:
-        require("generator" in models and "critic" in models,
-                "the trainer needs models named 'generator' and 'critic'")
+        require(
+            "generator" in models and "critic" in models,
+            "the trainer needs models named 'generator' and 'critic'",
+        )
         self.models = dict(models)
         self.problem, self.cfg = problem, config
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -176,12 +180,15 @@ class Trainer:
         self.callbacks, self.progress = list(callbacks), progress
         c = config
         self.optimisers = {
-            "generator": _adam(self.models["generator"].parameters(), c.lr_generator, c.beta1, c.beta2),
+            "generator": _adam(
+                self.models["generator"].parameters(), c.lr_generator, c.beta1, c.beta2
+            ),
             "critic": _adam(self.models["critic"].parameters(), c.lr_critic, c.beta1, c.beta2),
         }
         if self.has_constrainer:
             self.optimisers["constrainer"] = _adam(
-                self.models["constrainer"].parameters(), c.lr_constrainer, c.beta1, c.beta2)
+                self.models["constrainer"].parameters(), c.lr_constrainer, c.beta1, c.beta2
+            )
         self.updates = {name: 0 for name in self.optimisers}
         self.ema = copy.deepcopy(self.models["generator"]) if c.ema_decay > 0 else None
         if self.ema is not None:
@@ -217,10 +224,15 @@ class Trainer:
         y_real = real.get("y")
         c1 = losses.wasserstein_estimate(
             self.problem.critique(critic, real["x"], y_real),
-            self.problem.critique(critic, fake, y_fake))
+            self.problem.critique(critic, fake, y_fake),
+        )
         c2 = losses.gradient_penalty(
-            lambda u: self.problem.critique(critic, u, y_real), real["x"], fake,
-            cfg.gp_weight, generator=self.rng)
+            lambda u: self.problem.critique(critic, u, y_real),
+            real["x"],
+            fake,
+            cfg.gp_weight,
+            generator=self.rng,
+        )
         self._update("critic", losses.critic_loss(c1, c2), cfg.decay_critic, cfg.lr_critic)
         return {"C1": c1.item(), "C2": c2.item()}, real
 
@@ -234,18 +246,22 @@ class Trainer:
     def generator_step(self) -> dict[str, float]:
         """One generator update minimising −E[f(x̃)] + C3 (critic and constrainer frozen)."""
         cfg = self.cfg
-        frozen = [self.models["critic"]] + ([self.models["constrainer"]] if self.has_constrainer else [])
+        frozen = [self.models["critic"]] + (
+            [self.models["constrainer"]] if self.has_constrainer else []
+        )
         for m in frozen:
             m.requires_grad_(False)
         try:
             batch = self.problem.sample_real(cfg.batch_size, self.rng)
             fake, y_fake = self.problem.sample_fake(self.models["generator"], batch, self.rng)
             adv = losses.generator_adversarial_loss(
-                self.problem.critique(self.models["critic"], fake, y_fake))
+                self.problem.critique(self.models["critic"], fake, y_fake)
+            )
             loss, out = adv, {"generator": adv.item()}
             if self.has_constrainer and y_fake is not None:
-                c3 = losses.constraint_loss(y_fake, self.models["constrainer"](fake),
-                                            cfg.constraint_weight)
+                c3 = losses.constraint_loss(
+                    y_fake, self.models["constrainer"](fake), cfg.constraint_weight
+                )
                 loss, out["C3"] = loss + c3, c3.item()
             if self.problem.extra_generator_loss is not None:
                 reg = self.problem.extra_generator_loss(fake, batch)
@@ -342,12 +358,17 @@ class Trainer:
             models["generator_ema"] = self.ema.state_dict()
         history = self.run_dir / HISTORY_NAME if self.run_dir is not None else None
         return {
-            "format": CHECKPOINT_FORMAT, "step": self.step, "pretrained": self.pretrained,
-            "finished": self.step >= self.cfg.iterations, "elapsed": self.elapsed,
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "pretrained": self.pretrained,
+            "finished": self.step >= self.cfg.iterations,
+            "elapsed": self.elapsed,
             "models": models,
             "optimisers": {k: o.state_dict() for k, o in self.optimisers.items()},
-            "updates": dict(self.updates), "rng": _rng_state(self.rng),
-            "train_config_json": self.cfg.to_json(), "config_json": self.config_json,
+            "updates": dict(self.updates),
+            "rng": _rng_state(self.rng),
+            "train_config_json": self.cfg.to_json(),
+            "config_json": self.config_json,
             "extra": self.extra,
             "history_bytes": history.stat().st_size if history and history.exists() else 0,
         }
@@ -387,7 +408,9 @@ class Trainer:
 def _check_finite(terms: Mapping[str, float], step: int, run_dir: Path | None) -> None:
     bad = [k for k, v in terms.items() if not math.isfinite(v)]
     if bad:
-        where = f"'{run_dir / CHECKPOINT_NAME}'" if run_dir is not None else "none (no run directory)"
+        where = (
+            f"'{run_dir / CHECKPOINT_NAME}'" if run_dir is not None else "none (no run directory)"
+        )
         raise DetganError(
             f"non-finite loss {', '.join(bad)} at iteration {step}; training stopped, last good "
             f"checkpoint: {where}; lower the learning rates or check the input data"

@@ -141,8 +141,13 @@ class Standardise(Transform):
 
     def state_dict(self) -> dict[str, Any]:
         self._params(torch.zeros(()))
-        return {"name": self.name, "scalar": self.scalar, "center": self.center,
-                "mean": self.mean, "std": self.std}
+        return {
+            "name": self.name,
+            "scalar": self.scalar,
+            "center": self.center,
+            "mean": self.mean,
+            "std": self.std,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> Standardise:
         self.scalar, self.center = bool(state["scalar"]), bool(state["center"])

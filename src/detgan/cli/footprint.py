@@ -19,50 +19,77 @@ PRESET_NAMES = ("paper-journal", "paper-arxiv", "quick", "full")
 
 def register(commands, groups) -> None:
     p = groups["train"].add_parser(
-        "footprint", help="energy-conditioned WGAN for 9x9 air-shower footprints",
+        "footprint",
+        help="energy-conditioned WGAN for 9x9 air-shower footprints",
         description="Train the footprint WGAN-GP with energy constrainer (Erdmann et al. 2018, "
         "arXiv:1802.03325) on a simulation file. Writes RUN/checkpoint.pt, history.jsonl and "
         "config.json; --resume continues a stopped run exactly.",
     )
-    p.add_argument("--preset", default="quick", choices=PRESET_NAMES,
-                   help="hyper-parameters: the paper's two columns or our CPU-sized design "
-                   "(default: %(default)s)")
+    p.add_argument(
+        "--preset",
+        default="quick",
+        choices=PRESET_NAMES,
+        help="hyper-parameters: the paper's two columns or our CPU-sized design "
+        "(default: %(default)s)",
+    )
     p.add_argument("--data", required=True, help="training file with 'footprint' and 'energy'")
     add_output(p, "run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in -o from its checkpoint"
+    )
     p.add_argument("--config", help="JSON or TOML file of setting overrides")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="override one setting, e.g. --set iterations=2000 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override one setting, e.g. --set iterations=2000 (repeatable)",
+    )
     add_seed(p, default=None)
     add_runtime(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
     p = commands.add_parser(
-        "generate", help="sample footprints from a trained run",
+        "generate",
+        help="sample footprints from a trained run",
         description="Write N generated events ('footprint' (N,9,9), 'energy' (N,) in EeV) in the "
         "layout of the simulation files.",
     )
     p.add_argument("run", help="training run directory")
-    p.add_argument("-n", "--events", type=int, default=None,
-                   help="number of events (default with an energy file: all its energies)")
-    p.add_argument("--energy", required=True,
-                   help="FILE.h5 (its energies), uniform:LOW,HIGH or one VALUE, in EeV")
+    p.add_argument(
+        "-n",
+        "--events",
+        type=int,
+        default=None,
+        help="number of events (default with an energy file: all its energies)",
+    )
+    p.add_argument(
+        "--energy",
+        required=True,
+        help="FILE.h5 (its energies), uniform:LOW,HIGH or one VALUE, in EeV",
+    )
     add_seed(p)
     add_output(p, "output HDF5 file")
     add_runtime(p)
     p.set_defaults(func=run_generate)
 
     p = groups["study"].add_parser(
-        "footprint", help="Figs. 2-4 and generated-vs-reference comparisons for a footprint run",
+        "footprint",
+        help="Figs. 2-4 and generated-vs-reference comparisons for a footprint run",
         description="Evaluate a footprint run against held-out simulated events; writes "
         "report.md, report.json and figures.",
     )
     p.add_argument("run", help="training run directory")
-    p.add_argument("--reference", required=True, help="held-out simulation file (not the training file)")
+    p.add_argument(
+        "--reference", required=True, help="held-out simulation file (not the training file)"
+    )
     add_output(p, "report directory")
-    p.add_argument("--events", type=int, default=20000, help="reference events used (default: %(default)s)")
-    p.add_argument("--no-classifier", action="store_true", help="skip the classifier two-sample test")
+    p.add_argument(
+        "--events", type=int, default=20000, help="reference events used (default: %(default)s)"
+    )
+    p.add_argument(
+        "--no-classifier", action="store_true", help="skip the classifier two-sample test"
+    )
     add_seed(p)
     add_runtime(p)
     p.set_defaults(func=run_study)
@@ -88,8 +115,15 @@ def run_train(args: argparse.Namespace) -> int:
         print("detgan: resuming: the run's stored configuration is used", file=sys.stderr)
     seed_everything(setup.train.seed)
     start = time.perf_counter()
-    run = train_footprint(setup, args.data, args.output, device=device, resume=args.resume,
-                          overwrite=args.overwrite, progress=not args.quiet)
+    run = train_footprint(
+        setup,
+        args.data,
+        args.output,
+        device=device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     print(f"trained footprint run '{run}' in {time.perf_counter() - start:.0f} s on {device}")
     return 0
 
@@ -101,8 +135,15 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.events is not None and args.events < 1:
         raise DetganError(f"-n must be at least 1, got {args.events}")
     seed_everything(args.seed)
-    out = generate(args.run, args.events, args.energy, args.seed, args.output, device=device,
-                   overwrite=args.overwrite)
+    out = generate(
+        args.run,
+        args.events,
+        args.energy,
+        args.seed,
+        args.output,
+        device=device,
+        overwrite=args.overwrite,
+    )
     print(f"wrote '{out}'")
     return 0
 
@@ -114,11 +155,20 @@ def run_study(args: argparse.Namespace) -> int:
     if Path(args.reference).resolve() == Path(args.run).resolve():
         raise DetganError("--reference must be a simulation file, not the run directory")
     seed_everything(args.seed)
-    result = run_footprint_study(args.run, args.reference, args.output, n_events=args.events,
-                                 seed=args.seed, device=device, overwrite=args.overwrite,
-                                 classifier=not args.no_classifier)
-    summary = {"correlation": result["constrainer"]["correlation"],
-               "max_total_decile_deviation": result["max_total_decile_deviation"]}
+    result = run_footprint_study(
+        args.run,
+        args.reference,
+        args.output,
+        n_events=args.events,
+        seed=args.seed,
+        device=device,
+        overwrite=args.overwrite,
+        classifier=not args.no_classifier,
+    )
+    summary = {
+        "correlation": result["constrainer"]["correlation"],
+        "max_total_decile_deviation": result["max_total_decile_deviation"],
+    }
     if "classifier" in result:
         summary["auc"] = result["classifier"]["auc"]
     print(json.dumps(summary))

@@ -42,8 +42,8 @@ class FootprintModelConfig(Config):
     amplitude above threshold, see :class:`DenseGenerator`).
     ``critic_conditional``/``critic_sorted``: the dense critic also sees the label / the station
     values sorted in decreasing order. ``constrainer``: 'aixnet' (:class:`AixNetConstrainer`) or
-    'dense' (:class:`DenseConstrainer`, ~50× cheaper on a CPU). ``dropout`` and ``leaky_slope`` are not given in the
-    paper (Keras defaults would be 0.3 for the slope); these values are our choice.
+    'dense' (:class:`DenseConstrainer`, ~50× cheaper on a CPU). ``dropout`` and ``leaky_slope``
+    are not given in the paper (Keras defaults would be 0.3 for the slope); ours are a choice.
     """
 
     architecture: str = "paper"
@@ -60,18 +60,28 @@ class FootprintModelConfig(Config):
     constrainer_width: int = 32
 
     def validate(self) -> None:
-        require(self.architecture in ARCHITECTURES,
-                f"architecture '{self.architecture}' unknown; use one of {', '.join(ARCHITECTURES)}")
-        require(self.output in OUTPUTS, f"output '{self.output}' unknown; use relu, trigger or gate")
-        require(self.output != "gate" or self.architecture == "dense",
-                "output 'gate' needs architecture=dense")
+        require(
+            self.architecture in ARCHITECTURES,
+            f"architecture '{self.architecture}' unknown; use one of {', '.join(ARCHITECTURES)}",
+        )
+        require(
+            self.output in OUTPUTS, f"output '{self.output}' unknown; use relu, trigger or gate"
+        )
+        require(
+            self.output != "gate" or self.architecture == "dense",
+            "output 'gate' needs architecture=dense",
+        )
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
-        require(self.n_side == 9 or self.architecture == "dense",
-                "the paper architecture needs n_side = 9; use architecture=dense")
+        require(
+            self.n_side == 9 or self.architecture == "dense",
+            "the paper architecture needs n_side = 9; use architecture=dense",
+        )
         require(self.hidden >= 1 and self.depth >= 1, "hidden and depth must be at least 1")
         require(0.0 <= self.dropout < 1.0, "dropout must lie in [0, 1)")
-        require(self.constrainer in CONSTRAINERS,
-                f"constrainer '{self.constrainer}' unknown; use aixnet or dense")
+        require(
+            self.constrainer in CONSTRAINERS,
+            f"constrainer '{self.constrainer}' unknown; use aixnet or dense",
+        )
         require(self.constrainer_width >= 4, "constrainer_width must be at least 4")
 
 
@@ -131,8 +141,11 @@ class PaperCritic(nn.Module):
             layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(slope)]
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(256, 100), nn.LeakyReLU(slope),
-            nn.Dropout(dropout), nn.Linear(100, 1),
+            nn.Dropout(dropout),
+            nn.Linear(256, 100),
+            nn.LeakyReLU(slope),
+            nn.Dropout(dropout),
+            nn.Linear(100, 1),
         )
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -146,7 +159,9 @@ class _DenseBlock(nn.Module):
     def __init__(self, channels: int, growth: int, layers: int, slope: float) -> None:
         super().__init__()
         self.convs = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels + i * growth, growth, 3, padding=1), nn.LeakyReLU(slope))
+            nn.Sequential(
+                nn.Conv2d(channels + i * growth, growth, 3, padding=1), nn.LeakyReLU(slope)
+            )
             for i in range(layers)
         )
         self.out_channels = channels + layers * growth
@@ -237,8 +252,15 @@ class DenseGenerator(nn.Module):
       (forward hard, backward σ(g + ℓ)).
     """
 
-    def __init__(self, latent_dim: int = 32, n_side: int = 9, hidden: int = 256, depth: int = 3,
-                 output: str = "trigger", threshold: float = 0.0) -> None:
+    def __init__(
+        self,
+        latent_dim: int = 32,
+        n_side: int = 9,
+        hidden: int = 256,
+        depth: int = 3,
+        output: str = "trigger",
+        threshold: float = 0.0,
+    ) -> None:
         super().__init__()
         self.latent_dim, self.n_side, self.output = latent_dim, n_side, output
         n = n_side * n_side
@@ -254,7 +276,7 @@ class DenseGenerator(nn.Module):
         shape = (-1, self.n_side, self.n_side)
         if self.output == "gate":
             n = self.n_side * self.n_side
-            noise = z[:, self.latent_dim:]
+            noise = z[:, self.latent_dim :]
             logistic = torch.special.log_ndtr(noise) - torch.special.log_ndtr(-noise)
             soft = torch.sigmoid(h[:, :n] + logistic)
             gate = (soft > 0.5).to(soft.dtype) + soft - soft.detach()
@@ -273,8 +295,15 @@ class DenseCritic(nn.Module):
     ``conditional`` also φ(y), so that the critic judges the footprint *given* its energy.
     """
 
-    def __init__(self, n_side: int = 9, hidden: int = 256, depth: int = 3, conditional: bool = True,
-                 sorted_values: bool = True, slope: float = 0.2) -> None:
+    def __init__(
+        self,
+        n_side: int = 9,
+        hidden: int = 256,
+        depth: int = 3,
+        conditional: bool = True,
+        sorted_values: bool = True,
+        slope: float = 0.2,
+    ) -> None:
         super().__init__()
         self.conditional, self.sorted_values = conditional, sorted_values
         n = n_side * n_side
@@ -299,10 +328,17 @@ def build_footprint_models(cfg: FootprintModelConfig, threshold: float) -> dict[
         generator: nn.Module = PaperGenerator(cfg.latent_dim, cfg.output, threshold)
         critic: nn.Module = PaperCritic(cfg.dropout, cfg.leaky_slope)
     else:
-        generator = DenseGenerator(cfg.latent_dim, cfg.n_side, cfg.hidden, cfg.depth,
-                                   cfg.output, threshold)
-        critic = DenseCritic(cfg.n_side, cfg.hidden, cfg.depth, cfg.critic_conditional,
-                             cfg.critic_sorted, cfg.leaky_slope)
+        generator = DenseGenerator(
+            cfg.latent_dim, cfg.n_side, cfg.hidden, cfg.depth, cfg.output, threshold
+        )
+        critic = DenseCritic(
+            cfg.n_side,
+            cfg.hidden,
+            cfg.depth,
+            cfg.critic_conditional,
+            cfg.critic_sorted,
+            cfg.leaky_slope,
+        )
     if cfg.constrainer == "aixnet":
         constrainer: nn.Module = AixNetConstrainer(cfg.constrainer_width, cfg.leaky_slope)
     else:

@@ -30,8 +30,14 @@ from detgan import __version__
 from detgan.config import Config, pick_preset, require
 from detgan.io.native import read_arrays, read_attrs, write_arrays
 from detgan.models.footprint import FootprintModelConfig, build_footprint_models
-from detgan.train import CHECKPOINT_NAME, HISTORY_NAME, AdversarialProblem, Trainer, TrainConfig
-from detgan.train import load_checkpoint
+from detgan.train import (
+    CHECKPOINT_NAME,
+    HISTORY_NAME,
+    AdversarialProblem,
+    TrainConfig,
+    Trainer,
+    load_checkpoint,
+)
 from detgan.transforms import Standardise, Transform, transform_from_state
 from detgan.utils import DetganError, resolve_device
 
@@ -84,14 +90,19 @@ class FootprintSetup:
     data: FootprintDataConfig
 
     def to_json(self) -> str:
-        return json.dumps({k: json.loads(getattr(self, k).to_json())
-                           for k in ("model", "train", "data")}, sort_keys=True)
+        return json.dumps(
+            {k: json.loads(getattr(self, k).to_json()) for k in ("model", "train", "data")},
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> FootprintSetup:
         d = json.loads(text)
-        return cls(FootprintModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]),
-                   FootprintDataConfig.from_dict(d["data"]))
+        return cls(
+            FootprintModelConfig.from_dict(d["model"]),
+            TrainConfig.from_dict(d["train"]),
+            FootprintDataConfig.from_dict(d["data"]),
+        )
 
     def with_overrides(self, values: dict[str, Any]) -> FootprintSetup:
         parts = {"model": {}, "train": {}, "data": {}}
@@ -104,25 +115,65 @@ class FootprintSetup:
         return FootprintSetup(*(getattr(self, k).replace(**parts[k]) for k in parts))
 
 
-def _paper(kappa: float, lam: float, batch: int, epochs: float, n_critic: int, dec_g: float,
-           dec_c: float, pretrain: float) -> FootprintSetup:
-    train = TrainConfig(n_critic=n_critic, batch_size=batch, gp_weight=lam, constraint_weight=kappa,
-                        lr_generator=5e-4, lr_critic=5e-4, lr_constrainer=5e-4, beta1=0.5, beta2=0.9,
-                        decay_generator=dec_g, decay_critic=dec_c, pretrain_lr=1e-3,
-                        checkpoint_every=1000)
-    return FootprintSetup(FootprintModelConfig(), train,
-                          FootprintDataConfig(epochs=epochs, pretrain_epochs=pretrain))
+def _paper(
+    kappa: float,
+    lam: float,
+    batch: int,
+    epochs: float,
+    n_critic: int,
+    dec_g: float,
+    dec_c: float,
+    pretrain: float,
+) -> FootprintSetup:
+    train = TrainConfig(
+        n_critic=n_critic,
+        batch_size=batch,
+        gp_weight=lam,
+        constraint_weight=kappa,
+        lr_generator=5e-4,
+        lr_critic=5e-4,
+        lr_constrainer=5e-4,
+        beta1=0.5,
+        beta2=0.9,
+        decay_generator=dec_g,
+        decay_critic=dec_c,
+        pretrain_lr=1e-3,
+        checkpoint_every=1000,
+    )
+    return FootprintSetup(
+        FootprintModelConfig(), train, FootprintDataConfig(epochs=epochs, pretrain_epochs=pretrain)
+    )
 
 
 def _improved(iterations: int, hidden: int, ema: float, checkpoint_every: int) -> FootprintSetup:
-    model = FootprintModelConfig(architecture="dense", latent_dim=32, hidden=hidden, depth=3,
-                                 output="gate", critic_conditional=True, critic_sorted=True,
-                                 constrainer="dense")
-    train = TrainConfig(iterations=iterations, n_critic=5, batch_size=256, gp_weight=10.0,
-                        constraint_weight=0.01, lr_generator=2e-4, lr_critic=2e-4,
-                        lr_constrainer=5e-4, beta1=0.5, beta2=0.9, decay_generator=1e-4,
-                        decay_critic=1e-4, pretrain_steps=300, pretrain_lr=1e-3, ema_decay=ema,
-                        checkpoint_every=checkpoint_every)
+    model = FootprintModelConfig(
+        architecture="dense",
+        latent_dim=32,
+        hidden=hidden,
+        depth=3,
+        output="gate",
+        critic_conditional=True,
+        critic_sorted=True,
+        constrainer="dense",
+    )
+    train = TrainConfig(
+        iterations=iterations,
+        n_critic=5,
+        batch_size=256,
+        gp_weight=10.0,
+        constraint_weight=0.01,
+        lr_generator=2e-4,
+        lr_critic=2e-4,
+        lr_constrainer=5e-4,
+        beta1=0.5,
+        beta2=0.9,
+        decay_generator=1e-4,
+        decay_critic=1e-4,
+        pretrain_steps=300,
+        pretrain_lr=1e-3,
+        ema_decay=ema,
+        checkpoint_every=checkpoint_every,
+    )
     return FootprintSetup(model, train, FootprintDataConfig())
 
 
@@ -160,7 +211,11 @@ def _fit_transforms(footprint: np.ndarray, energy: np.ndarray) -> dict[str, Tran
 
 
 def _label_to_net(transforms: dict[str, Transform], energy: Any) -> Tensor:
-    return transforms["label"].forward(torch.as_tensor(np.asarray(energy), dtype=torch.float64)).float()
+    return (
+        transforms["label"]
+        .forward(torch.as_tensor(np.asarray(energy), dtype=torch.float64))
+        .float()
+    )
 
 
 def _problem(x: Tensor, y: Tensor, noise_dim: int) -> AdversarialProblem:
@@ -186,7 +241,9 @@ def _snapshot_callback(steps: list[int], transforms: dict[str, Transform], noise
         if trainer.step not in steps:
             return
         images = _sample(trainer.sampling_generator, z, y, transforms)
-        trainer.extra["snapshot_steps"] = list(trainer.extra.get("snapshot_steps", [])) + [trainer.step]
+        trainer.extra["snapshot_steps"] = list(trainer.extra.get("snapshot_steps", [])) + [
+            trainer.step
+        ]
         previous = trainer.extra.get("snapshots")
         images = images.unsqueeze(0)
         trainer.extra["snapshots"] = images if previous is None else torch.cat([previous, images])
@@ -224,12 +281,17 @@ def _resolved(setup: FootprintSetup, n: int) -> FootprintSetup:
 
 def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
-        require((run_dir / CHECKPOINT_NAME).is_file(),
-                f"nothing to resume: '{run_dir / CHECKPOINT_NAME}' does not exist; drop --resume")
+        require(
+            (run_dir / CHECKPOINT_NAME).is_file(),
+            f"nothing to resume: '{run_dir / CHECKPOINT_NAME}' does not exist; drop --resume",
+        )
         return
     if run_dir.exists() and any(run_dir.iterdir()):
-        require(overwrite, f"run directory '{run_dir}' is not empty; use --resume to continue "
-                           "it or --overwrite to start afresh")
+        require(
+            overwrite,
+            f"run directory '{run_dir}' is not empty; use --resume to continue "
+            "it or --overwrite to start afresh",
+        )
         for name in (CHECKPOINT_NAME, HISTORY_NAME, "config.json"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -265,14 +327,18 @@ def train_footprint(
     footprint, energy, file_threshold = _load_data(data_path, max_events)
     setup = _resolved(setup, len(energy))
     if state is not None:
-        require(len(energy) == int(state["extra"]["n_train"]),
-                f"'{data_path}' has fewer events than the run was trained on; use the same file")
+        require(
+            len(energy) == int(state["extra"]["n_train"]),
+            f"'{data_path}' has fewer events than the run was trained on; use the same file",
+        )
         transforms = {k: transform_from_state(v) for k, v in state["extra"]["transforms"].items()}
         threshold = float(state["extra"]["threshold"])
     else:
         transforms = _fit_transforms(footprint, energy)
         threshold = setup.data.threshold or file_threshold or DEFAULT_THRESHOLD
-    trainer = _build_trainer(setup, footprint, energy, transforms, threshold, run_dir, dev, progress)
+    trainer = _build_trainer(
+        setup, footprint, energy, transforms, threshold, run_dir, dev, progress
+    )
     if state is not None:
         trainer.resume()
     else:
@@ -281,9 +347,16 @@ def train_footprint(
     return run_dir
 
 
-def _build_trainer(setup: FootprintSetup, footprint: np.ndarray, energy: np.ndarray,
-                   transforms: dict[str, Transform], threshold: float, run_dir: Path,
-                   device: torch.device, progress: bool) -> Trainer:
+def _build_trainer(
+    setup: FootprintSetup,
+    footprint: np.ndarray,
+    energy: np.ndarray,
+    transforms: dict[str, Transform],
+    threshold: float,
+    run_dir: Path,
+    device: torch.device,
+    progress: bool,
+) -> Trainer:
     thr_net = float(transforms["footprint"].forward(torch.tensor(threshold)))
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
@@ -291,15 +364,26 @@ def _build_trainer(setup: FootprintSetup, footprint: np.ndarray, energy: np.ndar
     models = {k: m.to(device) for k, m in models.items()}
     x = transforms["footprint"].forward(torch.from_numpy(footprint)).to(device)
     y = _label_to_net(transforms, energy).to(device)
-    extra = {"transforms": {k: t.state_dict() for k, t in transforms.items()},
-             "threshold": threshold, "n_train": len(energy),
-             "snapshot_energies": list(SNAPSHOT_ENERGIES), "package_version": __version__}
+    extra = {
+        "transforms": {k: t.state_dict() for k, t in transforms.items()},
+        "threshold": threshold,
+        "n_train": len(energy),
+        "snapshot_energies": list(SNAPSHOT_ENERGIES),
+        "package_version": __version__,
+    }
     steps = _snapshot_steps(setup.train.iterations, setup.data.snapshots)
     noise_dim = models["generator"].noise_dim
     callback = _snapshot_callback(steps, transforms, noise_dim)
-    return Trainer(models, _problem(x, y, noise_dim), setup.train, run_dir,
-                   config_json=setup.to_json(), extra=extra, callbacks=[callback],
-                   progress=progress)
+    return Trainer(
+        models,
+        _problem(x, y, noise_dim),
+        setup.train,
+        run_dir,
+        config_json=setup.to_json(),
+        extra=extra,
+        callbacks=[callback],
+        progress=progress,
+    )
 
 
 # ------------------------------------------------------------------------------- generation
@@ -322,7 +406,7 @@ class FootprintModel:
         y = _label_to_net(self.transforms, energy)
         out = []
         for start in range(0, len(y), batch_size):
-            yb = y[start:start + batch_size]
+            yb = y[start : start + batch_size]
             z = torch.randn(len(yb), self.generator.noise_dim, generator=rng)
             out.append(_sample(self.generator, z, yb, self.transforms))
         return torch.cat(out).numpy().astype(np.float32)
@@ -332,7 +416,7 @@ class FootprintModel:
         out = []
         with torch.no_grad():
             for start in range(0, len(footprint), batch_size):
-                x = torch.as_tensor(footprint[start:start + batch_size], dtype=torch.float32)
+                x = torch.as_tensor(footprint[start : start + batch_size], dtype=torch.float32)
                 x = self.transforms["footprint"].forward(x).to(self.device)
                 out.append(self.constrainer(x).double().cpu())
         return self.transforms["label"].inverse(torch.cat(out)).numpy()
@@ -345,8 +429,9 @@ def load_footprint_model(run_dir: str | os.PathLike, device: str = "cpu") -> Foo
     try:
         setup = FootprintSetup.from_json(state["config_json"])
     except (KeyError, ValueError):
-        raise DetganError(f"'{run_dir}' is not a footprint run; train one with "
-                          "'detgan train footprint'") from None
+        raise DetganError(
+            f"'{run_dir}' is not a footprint run; train one with 'detgan train footprint'"
+        ) from None
     extra = state["extra"]
     transforms = {k: transform_from_state(v) for k, v in extra["transforms"].items()}
     thr_net = float(transforms["footprint"].forward(torch.tensor(float(extra["threshold"]))))
@@ -368,7 +453,7 @@ def parse_energy_spec(spec: str, n: int | None, seed: int = 0) -> np.ndarray:
     spec = str(spec).strip()
     if spec.startswith("uniform:"):
         try:
-            low, high = (float(v) for v in spec[len("uniform:"):].split(","))
+            low, high = (float(v) for v in spec[len("uniform:") :].split(","))
         except ValueError:
             raise DetganError(f"energy '{spec}' must look like uniform:1,100") from None
         require(0 < low < high, f"energy '{spec}' needs 0 < LOW < HIGH")
@@ -379,20 +464,30 @@ def parse_energy_spec(spec: str, n: int | None, seed: int = 0) -> np.ndarray:
     except ValueError:
         value = None
     if value is not None:
-        require(value > 0 and math.isfinite(value), f"energy {spec} must be a positive number (EeV)")
+        require(
+            value > 0 and math.isfinite(value), f"energy {spec} must be a positive number (EeV)"
+        )
         require(n is not None and n >= 1, "give the number of events with -n for a fixed energy")
         return np.full(n, value)
     if not Path(spec).exists():
         raise DetganError(f"energy '{spec}' is neither a file, uniform:LOW,HIGH nor a number")
     energy = read_arrays(spec, ["energy"])["energy"].astype(np.float64)
-    require(n is None or n <= len(energy),
-            f"'{spec}' holds only {len(energy)} energies; use -n {len(energy)} or fewer")
+    require(
+        n is None or n <= len(energy),
+        f"'{spec}' holds only {len(energy)} energies; use -n {len(energy)} or fewer",
+    )
     return energy[:n] if n is not None else energy
 
 
 def generate(
-    run_dir: str | os.PathLike, n: int | None, energy_spec: str, seed: int,
-    out: str | os.PathLike, *, device: str = "cpu", overwrite: bool = False,
+    run_dir: str | os.PathLike,
+    n: int | None,
+    energy_spec: str,
+    seed: int,
+    out: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    overwrite: bool = False,
 ) -> Path:
     """Write ``n`` generated events to ``out``: ``footprint`` (N, 9, 9) float32, ``energy`` (N,)
     float64 in EeV and ``log10_energy`` (N,), the layout of the simulation files."""
@@ -400,13 +495,17 @@ def generate(
     energy = parse_energy_spec(energy_spec, n, seed)
     footprint = model.sample(energy, seed)
     attrs = {
-        "generator": "detgan footprint WGAN", "run_dir": str(run_dir), "step": model.step,
-        "seed": int(seed), "energy_spec": str(energy_spec), "config_json": model.setup.to_json(),
-        "n_side": 9, "trigger_threshold": 10 ** float(model.extra["threshold"]) - 1.0,
+        "generator": "detgan footprint WGAN",
+        "run_dir": str(run_dir),
+        "step": model.step,
+        "seed": int(seed),
+        "energy_spec": str(energy_spec),
+        "config_json": model.setup.to_json(),
+        "n_side": 9,
+        "trigger_threshold": 10 ** float(model.extra["threshold"]) - 1.0,
         "n_events": len(energy),
     }
-    arrays = {"footprint": footprint, "energy": energy,
-              "log10_energy": np.log10(energy) + 18.0}
+    arrays = {"footprint": footprint, "energy": energy, "log10_energy": np.log10(energy) + 18.0}
     return write_arrays(out, arrays, attrs, overwrite=overwrite)
 
 
@@ -434,10 +533,19 @@ def footprint_observables(footprint: np.ndarray) -> dict[str, np.ndarray]:
     hottest = flat.argmax(axis=1)
     dist = np.linalg.norm(xy[None, :, :] - xy[hottest][:, None, :], axis=2)  # (N, n²)
     ring = np.digitize(dist, LATERAL_EDGES) - 1
-    profile = np.stack([np.where(ring == r, flat, 0).sum(1) / np.maximum((ring == r).sum(1), 1)
-                        for r in range(len(LATERAL_EDGES) - 1)], axis=1)
-    return {"total": flat.sum(1), "n_stations": (flat > 0).sum(1).astype(np.float64),
-            "hottest": flat.max(1), "lateral": profile}
+    profile = np.stack(
+        [
+            np.where(ring == r, flat, 0).sum(1) / np.maximum((ring == r).sum(1), 1)
+            for r in range(len(LATERAL_EDGES) - 1)
+        ],
+        axis=1,
+    )
+    return {
+        "total": flat.sum(1),
+        "n_stations": (flat > 0).sum(1).astype(np.float64),
+        "hottest": flat.max(1),
+        "lateral": profile,
+    }
 
 
 def _decile_table(energy: np.ndarray, ref: dict, gen: dict, name: str) -> list[dict[str, float]]:
@@ -449,14 +557,24 @@ def _decile_table(energy: np.ndarray, ref: dict, gen: dict, name: str) -> list[d
         sel = which == d
         r, g = ref[name][sel], gen[name][sel]
         sem = math.sqrt(r.var() / max(sel.sum(), 1) + g.var() / max(sel.sum(), 1))
-        rows.append({"decile": d, "e_low": float(edges[d]), "e_high": float(edges[d + 1]),
-                     "n": int(sel.sum()), "reference": float(r.mean()), "generated": float(g.mean()),
-                     "relative_deviation": float(g.mean() / r.mean() - 1), "combined_sem": sem})
+        rows.append(
+            {
+                "decile": d,
+                "e_low": float(edges[d]),
+                "e_high": float(edges[d + 1]),
+                "n": int(sel.sum()),
+                "reference": float(r.mean()),
+                "generated": float(g.mean()),
+                "relative_deviation": float(g.mean() / r.mean() - 1),
+                "combined_sem": sem,
+            }
+        )
     return rows
 
 
-def _classifier_auc(ref_fp: np.ndarray, gen_fp: np.ndarray, energy: np.ndarray, seed: int,
-                    device: str) -> dict[str, Any]:
+def _classifier_auc(
+    ref_fp: np.ndarray, gen_fp: np.ndarray, energy: np.ndarray, seed: int, device: str
+) -> dict[str, Any]:
     """Classifier two-sample test on [footprint (81), log10 E]: calibrated AUC ± std."""
     from detgan.metrics import classifier_two_sample_test
 
@@ -464,8 +582,13 @@ def _classifier_auc(ref_fp: np.ndarray, gen_fp: np.ndarray, energy: np.ndarray, 
         return np.concatenate([fp.reshape(len(fp), -1), np.log10(energy)[:, None]], 1)
 
     res = classifier_two_sample_test(features(ref_fp), features(gen_fp), seed=seed, device=device)
-    return {"auc": res.auc, "auc_std": res.auc_std, "jsd": res.jsd, "n_per_class": res.n_per_class,
-            "settings": res.settings}
+    return {
+        "auc": res.auc,
+        "auc_std": res.auc_std,
+        "jsd": res.jsd,
+        "n_per_class": res.n_per_class,
+        "settings": res.settings,
+    }
 
 
 def _read_history(run_dir: Path) -> list[dict[str, float]]:
@@ -482,8 +605,14 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def run_footprint_study(
-    run_dir: str | os.PathLike, reference: str | os.PathLike, out_dir: str | os.PathLike, *,
-    n_events: int = 20000, seed: int = 0, device: str = "cpu", overwrite: bool = False,
+    run_dir: str | os.PathLike,
+    reference: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    n_events: int = 20000,
+    seed: int = 0,
+    device: str = "cpu",
+    overwrite: bool = False,
     classifier: bool = True,
 ) -> dict[str, Any]:
     """The footprint study: Figs. 2–4 of [E18] and generated-vs-reference comparisons.
@@ -502,22 +631,36 @@ def run_footprint_study(
     n3 = min(5000, len(energy))
     e_con = model.reconstruct(gen_fp[:n3])
     result = {
-        "run_dir": str(run_dir), "reference": str(reference), "n_events": len(energy),
-        "seed": seed, "iterations": model.step, "package_version": __version__,
+        "run_dir": str(run_dir),
+        "reference": str(reference),
+        "n_events": len(energy),
+        "seed": seed,
+        "iterations": model.step,
+        "package_version": __version__,
         "config": json.loads(model.setup.to_json()),
-        "constrainer": {"n": n3, "correlation": float(np.corrcoef(energy[:n3], e_con)[0, 1]),
-                        "correlation_on_reference": float(np.corrcoef(
-                            energy[:n3], model.reconstruct(ref["footprint"][:n3]))[0, 1])},
-        "deciles": {k: _decile_table(energy, obs_ref, obs_gen, k)
-                    for k in ("total", "n_stations", "hottest")},
-        "lateral_profile": {"edges": LATERAL_EDGES.tolist(),
-                            "reference": obs_ref["lateral"].mean(0).tolist(),
-                            "generated": obs_gen["lateral"].mean(0).tolist()},
+        "constrainer": {
+            "n": n3,
+            "correlation": float(np.corrcoef(energy[:n3], e_con)[0, 1]),
+            "correlation_on_reference": float(
+                np.corrcoef(energy[:n3], model.reconstruct(ref["footprint"][:n3]))[0, 1]
+            ),
+        },
+        "deciles": {
+            k: _decile_table(energy, obs_ref, obs_gen, k)
+            for k in ("total", "n_stations", "hottest")
+        },
+        "lateral_profile": {
+            "edges": LATERAL_EDGES.tolist(),
+            "reference": obs_ref["lateral"].mean(0).tolist(),
+            "generated": obs_gen["lateral"].mean(0).tolist(),
+        },
         "fraction_between_zero_and_threshold": float(
-            ((gen_fp > 0) & (gen_fp < float(model.extra["threshold"]))).mean()),
+            ((gen_fp > 0) & (gen_fp < float(model.extra["threshold"]))).mean()
+        ),
     }
     result["max_total_decile_deviation"] = max(
-        abs(r["relative_deviation"]) for r in result["deciles"]["total"])
+        abs(r["relative_deviation"]) for r in result["deciles"]["total"]
+    )
     if classifier:
         result["classifier"] = _classifier_auc(ref["footprint"], gen_fp, energy, seed, device)
     history = _read_history(run_dir)
@@ -532,8 +675,17 @@ def _hexmap(ax, values: np.ndarray, vmax: float) -> Any:
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    return ax.scatter(xy[:, 0], xy[:, 1], c=values.ravel(), s=90, marker="h", cmap="viridis",
-                      vmin=0, vmax=vmax, edgecolors="none")
+    return ax.scatter(
+        xy[:, 0],
+        xy[:, 1],
+        c=values.ravel(),
+        s=90,
+        marker="h",
+        cmap="viridis",
+        vmin=0,
+        vmax=vmax,
+        edgecolors="none",
+    )
 
 
 def _fig_patterns(path: Path, extra: dict[str, Any]) -> bool:
@@ -566,8 +718,11 @@ def _fig_constrainer(path: Path, label: np.ndarray, estimate: np.ndarray, corr: 
     ax.scatter(label, estimate, s=2, alpha=0.3)
     lim = [0, max(float(label.max()), float(estimate.max())) * 1.05]
     ax.plot(lim, lim, "k--", lw=1)
-    ax.set(xlabel="E_label [EeV]", ylabel="E_constrainer [EeV]",
-           title=f"{len(label)} generated events, r = {corr:.3f}")
+    ax.set(
+        xlabel="E_label [EeV]",
+        ylabel="E_constrainer [EeV]",
+        title=f"{len(label)} generated events, r = {corr:.3f}",
+    )
     fig.savefig(path, dpi=110)
 
 
@@ -580,10 +735,12 @@ def _fig_losses(path: Path, history: list[dict[str, float]]) -> bool:
     step = np.array([h["step"] for h in history])
     fig = Figure(figsize=(12, 3.4), layout="constrained")
     axes = fig.subplots(1, 3)
-    series = [(0, "−C1", [-h.get("C1", np.nan) for h in history]),
-              (0, "C2", [h.get("C2", np.nan) for h in history]),
-              (1, "C4", [h.get("C4", np.nan) for h in history]),
-              (2, "C3", [h.get("C3", np.nan) for h in history])]
+    series = [
+        (0, "−C1", [-h.get("C1", np.nan) for h in history]),
+        (0, "C2", [h.get("C2", np.nan) for h in history]),
+        (1, "C4", [h.get("C4", np.nan) for h in history]),
+        (2, "C3", [h.get("C3", np.nan) for h in history]),
+    ]
     width = max(1, len(step) // 100)
     for i, name, values in series:
         v = np.asarray(values, dtype=float)
@@ -610,8 +767,10 @@ def _fig_comparison(path: Path, result: dict, obs_ref: dict, obs_gen: dict) -> N
     axes[0].plot(centre, [r["generated"] for r in rows], "r^", label="generated")
     axes[0].set(xlabel="E [EeV] (decile centre)", ylabel="mean Σ log10(S+1)")
     bins = np.arange(-0.5, max(obs_ref["n_stations"].max(), obs_gen["n_stations"].max()) + 1.5)
-    for ax, key, b, label in ((axes[1], "n_stations", bins, "stations above threshold"),
-                              (axes[2], "hottest", 40, "hottest station log10(S+1)")):
+    for ax, key, b, label in (
+        (axes[1], "n_stations", bins, "stations above threshold"),
+        (axes[2], "hottest", 40, "hottest station log10(S+1)"),
+    ):
         edges = np.histogram_bin_edges(np.concatenate([obs_ref[key], obs_gen[key]]), bins=b)
         ax.hist(obs_ref[key], edges, histtype="step", color="k", label="reference")
         ax.hist(obs_gen[key], edges, histtype="step", color="r", label="generated")
@@ -626,13 +785,22 @@ def _fig_comparison(path: Path, result: dict, obs_ref: dict, obs_gen: dict) -> N
     fig.savefig(path, dpi=110)
 
 
-def _make_figures(out_dir: Path, model: FootprintModel, history: list, label: np.ndarray,
-                  estimate: np.ndarray, result: dict, obs_ref: dict, obs_gen: dict) -> dict:
+def _make_figures(
+    out_dir: Path,
+    model: FootprintModel,
+    history: list,
+    label: np.ndarray,
+    estimate: np.ndarray,
+    result: dict,
+    obs_ref: dict,
+    obs_gen: dict,
+) -> dict:
     figures = {}
     if _fig_patterns(out_dir / "fig2_patterns.png", model.extra):
         figures["Fig. 2: generated patterns, early and late in training"] = "fig2_patterns.png"
-    _fig_constrainer(out_dir / "fig3_constrainer.png", label, estimate,
-                     result["constrainer"]["correlation"])
+    _fig_constrainer(
+        out_dir / "fig3_constrainer.png", label, estimate, result["constrainer"]["correlation"]
+    )
     figures["Fig. 3: constrainer energy vs label"] = "fig3_constrainer.png"
     if _fig_losses(out_dir / "fig4_losses.png", history):
         figures["Fig. 4: loss curves"] = "fig4_losses.png"
@@ -643,25 +811,38 @@ def _make_figures(out_dir: Path, model: FootprintModel, history: list, label: np
 
 def _write_report(out_dir: Path, result: dict[str, Any], figures: dict[str, str]) -> None:
     (out_dir / "report.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# Footprint study: {result['run_dir']}", "",
-             f"Reference: `{result['reference']}`, {result['n_events']} events; generator after "
-             f"{result['iterations']} iterations; detgan {result['package_version']}.", "",
-             "| quantity | value |", "|---|---|",
-             f"| corr(E_label, E_constrainer), {result['constrainer']['n']} generated events "
-             f"| {result['constrainer']['correlation']:.4f} |",
-             f"| max. relative deviation of mean total signal over energy deciles "
-             f"| {100 * result['max_total_decile_deviation']:.2f} % |"]
+    lines = [
+        f"# Footprint study: {result['run_dir']}",
+        "",
+        f"Reference: `{result['reference']}`, {result['n_events']} events; generator after "
+        f"{result['iterations']} iterations; detgan {result['package_version']}.",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| corr(E_label, E_constrainer), {result['constrainer']['n']} generated events "
+        f"| {result['constrainer']['correlation']:.4f} |",
+        f"| max. relative deviation of mean total signal over energy deciles "
+        f"| {100 * result['max_total_decile_deviation']:.2f} % |",
+    ]
     if "classifier" in result:
         c = result["classifier"]
-        lines.append(f"| classifier AUC (footprint + log10 E) | {c['auc']:.4f} ± {c['auc_std']:.4f} |")
-    lines += ["", "| decile | E range [EeV] | total ref | total gen | dev. | stations ref "
-              "| stations gen | hottest ref | hottest gen |", "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| classifier AUC (footprint + log10 E) | {c['auc']:.4f} ± {c['auc_std']:.4f} |"
+        )
+    lines += [
+        "",
+        "| decile | E range [EeV] | total ref | total gen | dev. | stations ref "
+        "| stations gen | hottest ref | hottest gen |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     d = result["deciles"]
     for t, s, h in zip(d["total"], d["n_stations"], d["hottest"]):
-        lines.append(f"| {t['decile']} | {t['e_low']:.1f}–{t['e_high']:.1f} | {t['reference']:.2f} "
-                     f"| {t['generated']:.2f} | {100 * t['relative_deviation']:+.2f} % "
-                     f"| {s['reference']:.2f} | {s['generated']:.2f} | {h['reference']:.3f} "
-                     f"| {h['generated']:.3f} |")
+        lines.append(
+            f"| {t['decile']} | {t['e_low']:.1f}–{t['e_high']:.1f} | {t['reference']:.2f} "
+            f"| {t['generated']:.2f} | {100 * t['relative_deviation']:+.2f} % "
+            f"| {s['reference']:.2f} | {s['generated']:.2f} | {h['reference']:.3f} "
+            f"| {h['generated']:.3f} |"
+        )
     lines.append("")
     for title, name in figures.items():
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
