@@ -232,3 +232,31 @@ def test_cli_train_generate_study(files, tmp_path, capsys):
         == 2
     )
     assert "energy -3 must be a positive number (EeV)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["paper-journal", "paper-arxiv"])
+def test_paper_presets_train_and_sample(files, tmp_path, preset):
+    setup = footprint_preset(preset).with_overrides(
+        {
+            "epochs": 0.0,
+            "pretrain_epochs": 0.0,
+            "iterations": 2,
+            "n_critic": 1,
+            "batch_size": 8,
+            "pretrain_steps": 1,
+            "snapshots": 2,
+            "constrainer_width": 8,
+        }
+    )
+    run_dir = train_footprint(setup, files[0], tmp_path / "run", progress=False)
+    fp = load_footprint_model(run_dir).sample(np.array([10.0, 90.0]), seed=0)
+    assert fp.shape == (2, 9, 9) and (fp >= 0).all()
+
+
+def test_epochs_set_iterations_from_the_sample_size(files, tmp_path):
+    from detgan.studies.footprint import _resolved
+
+    setup = footprint_preset("paper-journal")
+    resolved = _resolved(setup, 12800)
+    assert resolved.train.iterations == 500 * 12800 // (128 * 10)
+    assert resolved.train.pretrain_steps == 3 * 12800 // 128
