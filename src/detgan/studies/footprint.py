@@ -298,7 +298,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def train_footprint(
-    setup: FootprintSetup,
+    setup: FootprintSetup | str,
     data_path: str | os.PathLike,
     run_dir: str | os.PathLike,
     *,
@@ -313,8 +313,11 @@ def train_footprint(
     Writes ``RUN/checkpoint.pt`` (every ``checkpoint_every`` iterations and at the end),
     ``RUN/history.jsonl`` (C1..C4 per iteration) and ``RUN/config.json``. With ``resume`` the
     run continues exactly from its checkpoint (its stored configuration wins over ``setup``).
-    ``until`` stops early at that iteration (for tests and demos). Returns the run directory.
+    ``setup`` may be a preset name. ``until`` stops early at that iteration (tests, demos).
+    Returns the run directory.
     """
+    if isinstance(setup, str):
+        setup = footprint_preset(setup)
     run_dir = Path(run_dir)
     _prepare_run_dir(run_dir, resume, overwrite)
     dev = resolve_device(device)
@@ -339,6 +342,7 @@ def train_footprint(
     trainer = _build_trainer(
         setup, footprint, energy, transforms, threshold, run_dir, dev, progress
     )
+    trainer.extra["data_path"] = str(Path(data_path).resolve())
     if state is not None:
         trainer.resume()
     else:
@@ -658,6 +662,9 @@ def run_footprint_study(
             ((gen_fp > 0) & (gen_fp < float(model.extra["threshold"]))).mean()
         ),
     }
+    result["reference_is_training_file"] = model.extra.get("data_path") == str(
+        Path(reference).resolve()
+    )
     result["max_total_decile_deviation"] = max(
         abs(r["relative_deviation"]) for r in result["deciles"]["total"]
     )
@@ -817,6 +824,11 @@ def _write_report(out_dir: Path, result: dict[str, Any], figures: dict[str, str]
         f"Reference: `{result['reference']}`, {result['n_events']} events; generator after "
         f"{result['iterations']} iterations; detgan {result['package_version']}.",
         "",
+        *(
+            ["**Warning: the reference is the training file; the comparison is not held-out.**", ""]
+            if result.get("reference_is_training_file")
+            else []
+        ),
         "| quantity | value |",
         "|---|---|",
         f"| corr(E_label, E_constrainer), {result['constrainer']['n']} generated events "
