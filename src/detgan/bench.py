@@ -39,6 +39,8 @@ __all__ = [
     "hardware_info",
     "format_table",
     "format_calogan_table",
+    "thread_recommendation",
+    "run_bench",
 ]
 
 DEFAULT_BATCHES = (1, 100, 10_000)
@@ -481,3 +483,82 @@ def format_table(rows: Sequence[BenchRow]) -> str:
             f"{s['cold_ms_per_event']:.3g} | {flops} |"
         )
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the suite
+def thread_recommendation(rows: Sequence[BenchRow]) -> dict[str, Any]:
+    """Compare 1 thread with the most threads measured (torch CPU rows): per model and batch
+    the speed-up t(1)/t(N); recommend N only where it is faster at every batch size."""
+    cpu = [r for r in rows if r.device == "cpu" and r.backend == "torch" and r.timing]
+    most = max((r.threads for r in cpu), default=1)
+    speedups: dict[str, dict[int, float]] = {}
+    for r in cpu:
+        if r.threads != 1 or most == 1:
+            continue
+        other = [
+            o
+            for o in cpu
+            if _key(o)[:4] == _key(r)[:4] and o.threads == most and o.batch == r.batch
+        ]
+        if other:
+            ratio = r.timing.ms_per_event / other[0].timing.ms_per_event
+            speedups.setdefault(r.name, {})[r.batch] = round(ratio, 3)
+    faster = all(v > 1.05 for by in speedups.values() for v in by.values())
+    return {
+        "threads_compared": [1, most],
+        "speedup_of_most_threads": speedups,
+        "recommended": most if speedups and faster else 1,
+    }
+
+
+def run_bench(
+    pipelines: Sequence[nn.Module],
+    *,
+    devices: Sequence[str] = ("cpu",),
+    threads: Sequence[int] = (1,),
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    repeats: int = 10,
+    events: int | None = None,
+    onnx: bool = True,
+    simulators: bool = True,
+    compile: bool = False,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """The whole benchmark: every pipeline on every device (CPU at each thread count; GPU in
+    float32, TF32 and bf16 with CUDA graphs for batches ≤ 128), ONNX Runtime on the CPU when
+    installed, and the simulators. Returns {hardware, rows, recommendation}."""
+    rows: list[BenchRow] = []
+    for pipe in pipelines:
+        for dev in devices:
+            log(f"timing {pipe.name} on {dev}")
+            gpu = dev.startswith("cuda")
+            rows += bench_pipeline(
+                pipe,
+                device=dev,
+                threads=(torch.get_num_threads(),) if gpu else threads,
+                batches=batches,
+                precisions=("float32", "tf32", "bf16") if gpu else ("float32",),
+                repeats=repeats,
+                events=events,
+                compile=compile,
+                cuda_graphs_below=128 if gpu else 0,
+            )
+        if onnx and _has_onnxruntime():
+            log(f"timing {pipe.name} in ONNX Runtime")
+            rows += bench_onnx(
+                pipe, threads=threads, batches=batches, repeats=repeats, events=events
+            )
+    if simulators:
+        log("timing the simulators")
+        rows += bench_simulators()
+    hardware = hardware_info()
+    return {"hardware": hardware, "rows": rows, "recommendation": thread_recommendation(rows)}
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
