@@ -20,7 +20,7 @@ from detgan.utils import DetganError
 __all__ = ["main", "build_parser"]
 
 #: Modules registering commands, in the order they appear in ``detgan --help``.
-COMMAND_MODULES = ["detgan.cli.airshower", "detgan.cli.calo", "detgan.cli.evaluate", "detgan.cli.footprint", "detgan.cli.refine"]
+COMMAND_MODULES = ["detgan.cli.airshower", "detgan.cli.calo", "detgan.cli.evaluate", "detgan.cli.footprint", "detgan.cli.refine", "detgan.cli.perf"]
 
 GROUPS = {
     "simulate": "run a reference Monte Carlo simulation and write its output file",
