@@ -1,0 +1,179 @@
+"""Trace networks: shapes, gradients, the refiner's options, two toy problems with answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from detgan.models.refiner import (
+    Refiner,
+    RefinerModelConfig,
+    TraceCritic,
+    TraceRegressor,
+    build_refiner_models,
+    on_active_stations,
+    station_signal,
+    straight_through_gate,
+)
+from detgan.utils import DetganError
+
+SMALL = RefinerModelConfig(channels=4, blocks=1, critic_width=8, regressor_width=8)
+
+
+def _alive(refiner: Refiner) -> Refiner:
+    """Random head weights and a positive bias: at toy sizes the final ReLU can start dead
+    (and with ``input_skip`` the head starts at zero), which would hide the properties tested."""
+    refiner.head.weight.data.normal_(0.0, 0.1)
+    refiner.head.bias.data.fill_(1.0)
+    return refiner
+
+
+def _traces(n: int = 3, side: int = 9, bins: int = 80, active: float = 0.3) -> torch.Tensor:
+    """Network-unit traces with a fraction of stations switched off (exact zeros)."""
+    u = torch.rand(n, side, side, bins) * 2
+    return u * (torch.rand(n, side, side, 1) < active)
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"input_skip": True, "station_mask": True, "trigger_gate": True}]
+)
+def test_shapes_and_every_parameter_gets_a_gradient(options):
+    models = build_refiner_models(SMALL.replace(**options), threshold=10.0)
+    _alive(models["generator"])
+    regressor = TraceRegressor(8)
+    u = _traces()
+    refined = models["generator"](u)
+    assert refined.shape == (3, 9, 9, 80) and (refined >= 0).all()
+    score = models["critic"](refined)
+    assert score.shape == (3,)
+    assert regressor(u).shape == (3,)
+    (score.sum() + regressor(u).sum()).backward()
+    for name, module in {**models, "regressor": regressor}.items():
+        for pname, p in module.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}.{pname}"
+    assert all(p.grad.abs().sum() > 0 for p in models["generator"].parameters())
+
+
+def test_paper_refiner_matches_table_3():
+    """1 → 64 lift, four residual blocks of two 1×1×7 convolutions, 1×1×1 head."""
+    r = Refiner(RefinerModelConfig())
+    convs = [m for m in r.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert len(convs) == 1 + 8 + 1
+    assert all(c.kernel_size == (7,) and c.out_channels == 64 for c in convs[1:-1])
+    assert convs[-1].kernel_size == (1,) and convs[-1].out_channels == 1
+
+
+def test_time_only_receptive_field():
+    """Changing one station's trace changes no other station (kernels act along time only)."""
+    r = _alive(Refiner(SMALL)).eval()
+    u = _traces(1, active=1.0)
+    v = u.clone()
+    v[0, 2, 3] += 1.0
+    diff = (r(u) - r(v)).abs().sum(-1)[0]
+    assert diff[2, 3] > 0
+    diff[2, 3] = 0
+    assert diff.max() == 0
+
+
+def test_on_active_stations_equals_dense_computation():
+    r = _alive(Refiner(SMALL))
+    flat = _traces(2).reshape(-1, 80)
+    dense = r._refine_stations(flat)
+    sparse = on_active_stations(r._refine_stations, flat)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    critic = TraceCritic(8)
+    u = _traces(2)
+    enc = critic.encoder
+    h_dense = enc.station(enc.time(u.reshape(-1, 1, 80)).flatten(1))
+    torch.testing.assert_close(
+        on_active_stations(enc._station, u.reshape(-1, 80)), h_dense, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_identity_skip_starts_at_the_identity_and_mask_keeps_zero_stations():
+    r = Refiner(SMALL.replace(input_skip=True, station_mask=True))
+    u = _traces()
+    torch.testing.assert_close(r(u), u)
+    r.head.bias.data.fill_(0.5)  # a refiner that adds signal everywhere ...
+    out = r(u)
+    off = u.amax(-1) == 0
+    assert (out[off] == 0).all() and (out[~off] > 0).all()  # ... still leaves dead stations dead
+
+
+def test_trigger_gate_zeroes_weak_stations_with_straight_through_gradient():
+    u = torch.full((1, 1, 2, 10), math.log10(1 + 5.0), requires_grad=True)  # S = 50 VEM
+    with torch.no_grad():
+        u[0, 0, 1] = math.log10(1 + 20.0)  # S = 200 VEM
+    gated = straight_through_gate(u, 100.0)
+    assert (gated[0, 0, 0] == 0).all() and torch.equal(gated[0, 0, 1], u[0, 0, 1])
+    gated.sum().backward()
+    assert torch.equal(u.grad, torch.ones_like(u))
+    torch.testing.assert_close(station_signal(u.detach())[0, 0], torch.tensor([50.0, 200.0]))
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(DetganError, match="kernel must be a positive odd number"):
+        RefinerModelConfig(kernel=4)
+    with pytest.raises(DetganError, match="unknown setting"):
+        RefinerModelConfig().replace(chanels=3)
+
+
+def test_regressor_learns_a_known_linear_relation():
+    """Traces = a fixed pulse scaled by E; the regressor recovers y = log10 E (rms < 0.05)."""
+    from detgan.studies.refine import RefineStudyConfig, predict_energy, train_regressor
+
+    gen = torch.Generator().manual_seed(0)
+    n, bins = 600, 20
+    energy = 10 ** (torch.rand(n, generator=gen) * 2).numpy()  # 1..100
+    pulse = torch.exp(-torch.arange(bins) / 4.0)
+    lateral = torch.tensor([[0.2, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 0.2]])
+    s = (
+        torch.as_tensor(energy, dtype=torch.float32)[:, None, None, None]
+        * 10
+        * lateral[..., None]
+        * pulse
+    )
+    u = torch.log10(1 + s)
+    cfg = RefineStudyConfig(max_train=500, max_test=100, epochs=25, batch_size=32, lr=3e-3, width=8)
+    model, stats = train_regressor(u[:500], energy[:500], cfg)
+    rec = predict_energy(model, stats, u[500:])
+    rms = np.sqrt(np.mean((np.log10(rec) - np.log10(energy[500:])) ** 2))
+    assert rms < 0.05, rms
+
+
+@pytest.mark.slow
+def test_refiner_learns_a_known_gain_adversarially():
+    """'data' = 'sim' × 2 (+0.301 in log10 units); a WGAN-GP-trained refiner learns the gain."""
+    from detgan.studies.refine import refiner_problem
+    from detgan.train import TrainConfig, Trainer
+
+    gen = torch.Generator().manual_seed(1)
+    n, bins = 2000, 16
+    amp = 10 ** (torch.rand(n, 3, 3, 1, generator=gen) * 2)
+    pulse = torch.exp(-((torch.arange(bins) - 5.0) ** 2) / 8.0)
+    sim_vem = amp * pulse
+    sim, data = torch.log10(1 + sim_vem[: n // 2]), torch.log10(1 + 2 * sim_vem[n // 2 :])
+    cfg = SMALL.replace(input_skip=True, critic_width=16)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        models = {"generator": Refiner(cfg), "critic": TraceCritic(16, bins)}
+    train = TrainConfig(
+        iterations=400,
+        n_critic=5,
+        batch_size=64,
+        gp_weight=5.0,
+        lr_generator=1e-3,
+        lr_critic=1e-3,
+        beta1=0.5,
+        beta2=0.9,
+        decay_generator=0,
+        decay_critic=0,
+    )
+    Trainer(models, refiner_problem(sim, data), train, progress=False).run()
+    with torch.no_grad():
+        refined = 10 ** models["generator"](sim) - 1
+    gain = (refined.sum(-1) / sim_vem[: n // 2].sum(-1)).median()
+    assert 1.7 < gain < 2.3, gain
