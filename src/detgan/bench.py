@@ -278,6 +278,20 @@ def bench_pipeline(
         for prec in precisions:
             opts = {"fast": fast, "compile": compile, **_precision_check(pipe, model, prec, device)}
             for b in batches:
+                cap = pipe.info.get("max_batch_cpu") if device.type == "cpu" else None
+                if cap is not None and b > cap:
+                    rows.append(
+                        BenchRow(
+                            pipe.name,
+                            device.type,
+                            "torch",
+                            prec,
+                            torch.get_num_threads(),
+                            b,
+                            status="skipped (CPU time)",
+                        )
+                    )
+                    continue
                 graphs = device.type == "cuda" and b <= cuda_graphs_below
                 run = _torch_runner(model, device, prec, conditions, graphs)
                 row = BenchRow(
@@ -302,7 +316,8 @@ def _precision_check(
     """Accuracy of the fast model at ``prec`` against the float32 reference (1000 events)."""
     from detgan.fastpath import accuracy_check
 
-    check = accuracy_check(ref, model, prec, n=1000, device=device)
+    n = int(getattr(ref, "info", {}).get("check_events", 1000))
+    check = accuracy_check(ref, model, prec, n=n, device=device)
     model.to(device)
     return {"accuracy_vs_float32": check}
 
@@ -543,7 +558,7 @@ def run_bench(
                 compile=compile,
                 cuda_graphs_below=128 if gpu else 0,
             )
-        if onnx and _has_onnxruntime():
+        if onnx and _has_onnxruntime() and pipe.latent_dim > 0:
             log(f"timing {pipe.name} in ONNX Runtime")
             rows += bench_onnx(
                 pipe, threads=threads, batches=batches, repeats=repeats, events=events

@@ -24,6 +24,7 @@ from detgan.utils import DetganError
 
 __all__ = [
     "GeneratorPipeline",
+    "RefinerPipeline",
     "transform_module",
     "load_pipeline",
     "default_pipelines",
@@ -148,6 +149,58 @@ class GeneratorPipeline(nn.Module):
         return sum(p.numel() for p in self.generator.parameters())
 
 
+class RefinerPipeline(GeneratorPipeline):
+    """A trace refiner in physical units: (z (N, 0) unused, traces s (N, n, n, T) VEM) → refined
+    traces (N, n, n, T) VEM, via u = log10(1 + s), ψ(u), s' = 10^u' − 1 (refiner.py units).
+
+    It has no noise (``latent_dim`` 0); the "condition" is the simulated trace. Sample traces
+    for timing have ``info['active']`` of the stations with signal (exponential pulses).
+    """
+
+    def __init__(self, refiner: nn.Module, info: dict[str, Any]) -> None:
+        ln10 = 2.302585092994046
+        label = _Elementwise(lambda s: torch.log1p(s) / ln10, "log10(1 + s)")
+        output = _Elementwise(lambda u: torch.expm1(u * ln10), "10**u - 1")
+        super().__init__(refiner, 0, label, output, info)
+
+    def forward(self, z: Tensor, condition: Tensor) -> Tensor:
+        return self.output(self.generator(self.label(condition)))
+
+    def sample_conditions(self, n: int, generator: torch.Generator) -> Tensor:
+        n_side, bins = self.info.get("shape", (9, 80))
+        active = torch.rand(n, n_side, n_side, 1, generator=generator) < self.info.get(
+            "active", 0.2
+        )
+        t = torch.arange(bins, dtype=torch.float32)
+        start = torch.randint(0, bins // 4, (n, n_side, n_side, 1), generator=generator)
+        amp = 10 * torch.rand(n, n_side, n_side, 1, generator=generator)
+        pulse = amp * torch.exp(-(t - start).clamp(min=0) / 8.0) * (t >= start)
+        return pulse * active
+
+
+def default_refiner() -> RefinerPipeline | None:
+    """The [E18] Table 3 refiner with random weights, or None while it is not installed."""
+    try:
+        from detgan.models.refiner import Refiner, RefinerModelConfig
+    except ImportError:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        refiner = Refiner(RefinerModelConfig(station_mask=True)).eval()
+    info = {
+        "name": "refiner",
+        "kind": "refiner",
+        "condition": "simulated traces (VEM)",
+        "output": "refined traces (N, 9, 9, 80), VEM",
+        "weights": "random (seed 0)",
+        "shape": (9, 80),
+        "active": 0.2,
+        "max_batch_cpu": 100,
+        "check_events": 16,
+    }
+    return RefinerPipeline(refiner, info)
+
+
 def load_pipeline(run_dir: str | os.PathLike) -> GeneratorPipeline:
     """The generator of a training run directory as a CPU :class:`GeneratorPipeline`.
 
@@ -235,7 +288,8 @@ def default_pipelines() -> list[GeneratorPipeline]:
                 info,
             )
         )
-    return out
+    refiner = default_refiner()
+    return out + ([refiner] if refiner is not None else [])
 
 
 # ------------------------------------------------------------------------- graph rewrites
