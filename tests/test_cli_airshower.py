@@ -91,6 +91,19 @@ def test_float16_option(tmp_path, capsys):
     assert read_arrays(out, ["traces"])["traces"].dtype == np.float16
 
 
+def test_no_traces_option_keeps_footprints(tmp_path, capsys):
+    full, light = tmp_path / "f.h5", tmp_path / "l.h5"
+    for out, extra in ((full, []), (light, ["--no-traces"])):
+        assert (
+            _run(capsys, "simulate", "airshower", "-n", "30", "-o", str(out), "--quiet", *extra)[0]
+            == 0
+        )
+    a, b = read_arrays(full), read_arrays(light)
+    assert "traces" not in b and set(a) - set(b) == {"traces"}
+    assert np.array_equal(a["footprint"], b["footprint"])
+    assert read_attrs(light)["overrides"] == []
+
+
 def test_config_file_overrides(tmp_path, capsys):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"energy_min": 10, "energy_max": 20}))

@@ -52,6 +52,11 @@ def register(commands, groups) -> None:
     )
     p.add_argument("--float16", action="store_true", help="store traces in half precision")
     p.add_argument(
+        "--no-traces",
+        action="store_true",
+        help="omit the traces dataset (footprints and labels only: 1 kB instead of 27 kB/event)",
+    )
+    p.add_argument(
         "--compression",
         choices=["none", "gzip", "lzf"],
         default=None,
@@ -102,6 +107,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         values["store_components"] = True
     if args.float16:
         values["traces_dtype"] = "float16"
+    if args.no_traces:
+        values["store_traces"] = False
     if args.compression:
         values["compression"] = args.compression
     if args.batch_size is not None:

@@ -114,6 +114,7 @@ class AirshowerConfig(Config):
     event_time_offset: float = 50.0
     batch_size: int = 2000
     store_components: bool = False
+    store_traces: bool = True
     traces_dtype: str = "float32"
     compression: str = "none"
 
@@ -507,6 +508,8 @@ def output_datasets(cfg: AirshowerConfig) -> dict[str, tuple[tuple[int, ...], st
         "core": ((3,), "float64"),
         "axis": ((3,), "float64"),
     }
+    if not cfg.store_traces:  # footprint-only files (e.g. the demo): 1 kB instead of 27 kB/event
+        del specs["traces"]
     if cfg.store_components:
         specs["muon_traces"] = ((n, n, t), "float32")
         specs["em_traces"] = ((n, n, t), "float32")

@@ -62,7 +62,7 @@ def parallel_batches(
 def airshower_attrs(cfg: AirshowerConfig, seed: int, n: int) -> dict[str, Any]:
     """File attributes of airshower.md §16.4: names, overrides, seed, every resolved value."""
     reference = make_config(cfg.preset, cfg.variant)
-    runtime = {"batch_size", "store_components", "traces_dtype", "compression"}
+    runtime = {"batch_size", "store_components", "store_traces", "traces_dtype", "compression"}
     overrides = [name for name in cfg.differences(reference) if name not in runtime]
     resolved = cfg.resolved()
     return {
