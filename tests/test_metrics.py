@@ -218,3 +218,22 @@ def test_classifier_settings_validation():
     with pytest.raises(DetganError, match="classifier preset"):
         metrics.ClassifierSettings.preset("huge")
     assert metrics.ClassifierSettings.preset("calochallenge").hidden == 2048
+
+
+def test_classifier_legacy_equal_sizes_and_unseeded(rng):
+    """§A.10: the published protocol refuses unequal sizes; seed=None draws and records a seed."""
+    a, b = rng.normal(size=(300, 3)), rng.normal(size=(200, 3))
+    strict = SMALL.replace(equal_sizes=True, n_runs=1, epochs=2)
+    with pytest.raises(DetganError, match="needs equal sample sizes, got 300 reference and 200"):
+        metrics.classifier_two_sample_test(a, b, settings=strict)
+    res = metrics.classifier_two_sample_test(a[:200], b, seed=None, settings=strict)
+    assert isinstance(res.seed, int) and len(res.runs) == 1
+    again = metrics.classifier_two_sample_test(a[:200], b, seed=res.seed, settings=strict)
+    assert again.auc == res.auc  # the recorded seed repeats the "unseeded" run
+
+
+def test_classifier_module_reexported():
+    from detgan import classifier
+
+    assert metrics.classifier_two_sample_test is classifier.classifier_two_sample_test
+    assert metrics.ClassifierSettings is classifier.ClassifierSettings
