@@ -164,12 +164,15 @@ class Refiner(nn.Module):
 
 
 class TraceEncoder(nn.Module):
-    """AixNet-like trunk [EGW18]: traces (N, n, n, T) → per-event features (N, 2·width).
+    """AixNet-like trunk [EGW18]: traces (N, n, n, T) → per-event features (N, 2·width [+ 2]).
 
     Per station (shared weights): three strided 1-D convolutions along time (k = 7, 5, 5,
     stride 2; width/2, width, width maps), flattened and mapped to ``width`` features. With
     ``amplitude_features`` the station's log10(S + 1) and peak value are appended. Spatial
-    stage: three 3×3 'same' convolutions over the n × n grid, then global mean and max pooling.
+    stage: three 3×3 'same' convolutions over the n × n grid, then global mean and max pooling;
+    with ``amplitude_features`` the event's log10(1 + Σ S) and its hottest station's
+    log10(1 + S) are appended too (so brightness errors of the hottest station are seen
+    directly, not only through the convolutions).
     LeakyReLU activations, no batch normalisation (it would break the gradient penalty).
     """
 
@@ -201,7 +204,7 @@ class TraceEncoder(nn.Module):
             nn.Conv2d(width, width, 3, padding=1),
             act,
         )
-        self.out_features = 2 * width
+        self.out_features = 2 * width + (2 if amplitude_features else 0)
 
     def _station(self, flat: Tensor) -> Tensor:
         """(K, T) station traces → (K, width) station features."""
@@ -210,11 +213,15 @@ class TraceEncoder(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         n, s1, s2, t = u.shape
         h = on_active_stations(self._station, u.reshape(-1, t)).reshape(n, s1, s2, -1)
-        if self.amplitude_features:
-            amp = torch.log10(1.0 + station_signal(u).clamp(min=0.0))
-            h = torch.cat([h, amp.unsqueeze(-1), u.amax(-1, keepdim=True)], dim=-1)
+        if not self.amplitude_features:
+            h = self.spatial(h.permute(0, 3, 1, 2))
+            return torch.cat([h.mean((2, 3)), h.amax((2, 3))], dim=1)
+        signal = station_signal(u).clamp(min=0.0)
+        amp = torch.log10(1.0 + signal)
+        h = torch.cat([h, amp.unsqueeze(-1), u.amax(-1, keepdim=True)], dim=-1)
         h = self.spatial(h.permute(0, 3, 1, 2))
-        return torch.cat([h.mean((2, 3)), h.amax((2, 3))], dim=1)
+        event = [torch.log10(1.0 + signal.sum((1, 2))), amp.amax((1, 2))]
+        return torch.cat([h.mean((2, 3)), h.amax((2, 3)), torch.stack(event, 1)], dim=1)
 
 
 class TraceCritic(nn.Module):
