@@ -42,9 +42,23 @@ __all__ = [
     "evaluate_files",
     "file_hash",
     "AIRSHOWER_KINDS",
+    "LEGACY_SWITCHES",
+    "nn_representation",
 ]
 
 AIRSHOWER_KINDS = ("footprint", "traces")
+
+#: Legacy switches (``formats_and_metrics.md`` §A): name → what it reproduces. Defaults follow
+#: the spec; a switch only reproduces a published number and is named in every output.
+LEGACY_SWITCHES = {
+    "lhcb-2019": "A.3: LHCb asymmetries/widths of the 2019 challenge code (2nd axis = x, no pitch)",
+    "klein-width": "A.4: ATLAS widths as variances, Back layer divided by E_Middle²",
+    "cc-histograms": "A.9: histogram_chi2 text file without sparsity, EC_r and W_r",
+    "cc-classifier": "A.10: one classifier run, unseeded, equal sample sizes required",
+    "float64": "A.11: classifier trained in float64",
+    "cc-correlation": "A.12: layer-energy correlation matrices stored with rows reversed",
+    "prdc-one-line": "A.13: PRDC text file with the four values on one line",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +83,7 @@ class EvaluationSettings(Config):
     trace_rebin: int = 5
     seed: int = 0
     device: str = "cpu"
+    legacy: tuple[str, ...] = ()
 
     def validate(self) -> None:
         require(
@@ -85,11 +100,25 @@ class EvaluationSettings(Config):
         require(self.kpd_batch_size >= 10, "kpd_batch_size must be at least 10")
         require(self.max_events >= 0, "max_events must be >= 0 (0: all events)")
         require(self.trace_rebin >= 1, "trace_rebin must be >= 1")
+        unknown = sorted(set(self.legacy) - set(LEGACY_SWITCHES))
+        require(
+            not unknown and isinstance(self.legacy, tuple),
+            f"unknown legacy switch(es) {', '.join(unknown)}; use " + ", ".join(LEGACY_SWITCHES),
+        )
 
     def classifier_settings(self) -> metrics.ClassifierSettings:
         preset = "calochallenge" if self.protocol == "calochallenge" else self.classifier_preset
         s = metrics.ClassifierSettings.preset(preset)
-        return s.replace(n_runs=self.classifier_runs) if self.classifier_runs else s
+        s = s.replace(n_runs=self.classifier_runs) if self.classifier_runs else s
+        if "float64" in self.legacy:
+            s = s.replace(dtype="float64")
+        if "cc-classifier" in self.legacy:
+            s = s.replace(n_runs=1, equal_sizes=True)
+        return s
+
+    def classifier_seed(self) -> int | None:
+        """The classifier seed; None (drawn, then recorded) under ``cc-classifier`` (§A.10)."""
+        return None if "cc-classifier" in self.legacy else self.seed
 
 
 @dataclasses.dataclass
@@ -120,8 +149,15 @@ class FamilyData:
         return len(self.low)
 
     def select(self, index: np.ndarray) -> FamilyData:
-        """The events ``index``; pooled arrays are kept only when they are per event."""
+        """The events ``index`` (sorted); a pooled array follows its events when it has an owner
+        array (``_owner_<name>``, or ``_event`` shared by all), else it is dropped."""
         pick = lambda a: None if a is None else a[index]  # noqa: E731
+        pooled = {}
+        for name, values in self.pooled.items():
+            owner = self.pooled.get(f"_owner_{name}", self.pooled.get("_event"))
+            owner = values if name.startswith("_owner_") else owner
+            if owner is not None and len(owner) == len(values):
+                pooled[name] = values[np.isin(owner.astype(np.int64), index)]
         return dataclasses.replace(
             self,
             features={k: v[index] for k, v in self.features.items()},
@@ -130,7 +166,7 @@ class FamilyData:
             corr=self.corr[index],
             condition=pick(self.condition),
             high=pick(self.high),
-            pooled={},
+            pooled=pooled,
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -261,7 +297,7 @@ def _extract_traces(
 def _high(ref: FamilyData, cand: FamilyData) -> tuple[np.ndarray, np.ndarray]:
     """High-level inputs: given vectors, or the features standardised with the reference."""
     if ref.high is not None and cand.high is not None:
-        return ref.high, cand.high
+        return _fill_undefined(ref.high, cand.high)
     names = sorted(ref.features)
     xr, _ = observables.feature_matrix(ref.features, names, ref.features)
     xc, _ = observables.feature_matrix(cand.features, names, ref.features)
@@ -274,6 +310,23 @@ def _high(ref: FamilyData, cand: FamilyData) -> tuple[np.ndarray, np.ndarray]:
         xr = np.concatenate([((ref.condition - mu) / sd)[:, None], xr], 1)
         xc = np.concatenate([((cand.condition - mu) / sd)[:, None], xc], 1)
     return xr, xc
+
+
+def _fill_undefined(xr: np.ndarray, xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Undefined (NaN) entries → the reference column mean, plus one 0/1 indicator column per
+    column that has any (§3.2 high-level inputs of other formats)."""
+    bad_r, bad_c = np.isnan(xr), np.isnan(xc)
+    cols = np.nonzero(bad_r.any(0) | bad_c.any(0))[0]
+    if not cols.size:
+        return xr, xc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fill = np.nan_to_num(np.nanmean(xr, 0))
+    out = []
+    for x, bad in ((xr, bad_r), (xc, bad_c)):
+        x = np.where(bad, fill, x)
+        out.append(np.concatenate([x, bad[:, cols].astype(np.float64)], 1))
+    return out[0], out[1]
 
 
 def _feature_metrics(
@@ -339,7 +392,7 @@ def compare(
             out["pooled"] = _feature_metrics(ref.pooled, cand.pooled, ref.bins, s)
     with clock("cells"):
         out["cells"] = metrics.cell_statistics(ref.cells, cand.cells).summary()
-        out["correlation"] = metrics.correlation_mse(ref.corr, cand.corr).to_dict()
+        out["correlation"] = _correlation(ref, cand, s)
     if ref.condition is not None and cand.condition is not None:
         ks = metrics.ks_test(ref.condition, cand.condition)
         out["condition_ks"] = {"statistic": ks.statistic, "pvalue": ks.pvalue}
@@ -360,9 +413,24 @@ def compare(
         for name, (xr, xc) in (("low", (ref.low, cand.low)), ("high", (high_r, high_c))):
             with clock(f"classifier_{name}"):
                 res = metrics.classifier_two_sample_test(
-                    xr, xc, seed=s.seed, settings=cs, device=s.device
+                    xr, xc, seed=s.classifier_seed(), settings=cs, device=s.device
                 )
             out[f"classifier_{name}"] = res.to_dict()
+    return out
+
+
+def _correlation(ref: FamilyData, cand: FamilyData, s: EvaluationSettings) -> dict[str, Any]:
+    """Correlation MSE (§3.5); small matrices (d ≤ 50, e.g. layer energies) are stored too,
+    rows reversed under the ``cc-correlation`` switch (§A.12)."""
+    res = metrics.correlation_mse(ref.corr, cand.corr)
+    out = res.to_dict()
+    if len(res.corr_reference) <= 50:
+        flip = (lambda m: m[::-1]) if "cc-correlation" in s.legacy else (lambda m: m)  # noqa: E731
+        out["matrix_reference"] = np.round(flip(res.corr_reference), 6).tolist()
+        out["matrix_candidate"] = np.round(flip(res.corr_candidate), 6).tolist()
+        out["matrix_order"] = (
+            "rows reversed (legacy A.12)" if "cc-correlation" in s.legacy else ("natural")
+        )
     return out
 
 
@@ -413,14 +481,7 @@ def _floor(ref: FamilyData, settings: EvaluationSettings) -> dict[str, Any]:
     a, b = split_halves(len(ref), settings.seed)
     if len(a) < 10:
         return {"note": f"reference too small for a split-half floor ({len(ref)} events)"}
-    a_data, b_data = ref.select(a), ref.select(b)
-    if ref.pooled:  # pooled per-station features: split stations by their event's half
-        owner = ref.pooled.get("_event")
-        if owner is not None:
-            in_a = np.isin(owner.astype(np.int64), a)
-            a_data.pooled = {k: v[in_a] for k, v in ref.pooled.items()}
-            b_data.pooled = {k: v[~in_a] for k, v in ref.pooled.items()}
-    out = compare(a_data, b_data, settings)
+    out = compare(ref.select(a), ref.select(b), settings)
     out["split"] = {"n_a": len(a), "n_b": len(b), "seed": settings.seed}
     return out
 
@@ -489,6 +550,31 @@ def evaluate_families(
         results[family] = {"metrics": main, "floor": floor}
         notes += _warnings_for(family, main, ref, cand)
     return results, used, notes
+
+
+def nn_representation(data: FamilyData) -> np.ndarray:
+    """Event vectors for nearest-neighbour checks (§3.4, §3.6), (N, D).
+
+    Calorimeter families: log10 of the cells with cells that are exactly 0 replaced by 0.1 MeV
+    (→ −1; values between 0 and 0.1 MeV keep their own logarithm); air-shower families: the
+    cells as stored (already log10(S + 1) per station).
+    """
+    if data.family in AIRSHOWER_KINDS:
+        return np.asarray(data.cells, np.float64)
+    cells = np.asarray(data.cells, np.float64)
+    return np.log10(np.where(cells == 0, 0.1, np.abs(cells)))
+
+
+def _memorisation(
+    train: FamilyData, ref: FamilyData, cand: FamilyData, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Memorisation check of the candidate (H = reference) and its floor (G = reference half B,
+    H = half A): (metrics entry, floor entry)."""
+    t, h, g = (nn_representation(d) for d in (train, ref, cand))
+    main = metrics.memorisation_check(t, h, g, seed=seed).to_dict()
+    a, b = split_halves(len(h), seed)
+    floor = metrics.memorisation_check(t, h[a], h[b], seed=seed).to_dict()
+    return main, floor
 
 
 def file_hash(path: str | Path, block: int = 1 << 20) -> str:
@@ -581,15 +667,18 @@ def evaluate_files(
     *,
     cache_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    train: str | Path | None = None,
 ) -> Evaluation:
     """Evaluate a candidate file against a reference file (any supported kind).
 
     Reference features and floors are cached in ``cache_dir`` (pickle-free ``.npz`` keyed by
-    the reference content hash, the family, the settings and the package version).
+    the reference content hash, the family, the settings and the package version). ``train``,
+    the generator's training file, adds the nearest-neighbour memorisation check (§3.6) with the
+    reference as the held-out set H; its floor puts reference half B in place of the candidate.
     """
     s = settings or EvaluationSettings()
     ref_path, cand_path = Path(reference), Path(candidate)
-    for p in (ref_path, cand_path):
+    for p in (ref_path, cand_path, *([Path(train)] if train else [])):
         if not p.is_file():
             raise DetganError(f"file '{p}' not found")
     say = progress or (lambda _m: None)
@@ -614,6 +703,8 @@ def evaluate_files(
         for family in refs:
             if family not in hits:
                 _cache_save(Path(cache_dir) / f"{keys[family]}.npz", refs[family], used[family])
+    if train:
+        _add_memorisation(results, refs, cands, Path(train), kind, s, say)
     summary = {
         "inputs": {
             "reference": str(reference),
@@ -624,6 +715,8 @@ def evaluate_files(
             "n_reference": {f: len(d) for f, d in refs.items()},
             "n_candidate": {f: len(d) for f, d in cands.items()},
             "reference_cache_hit": hits,
+            "train": None if train is None else str(train),
+            "train_sha256": None if train is None else file_hash(train),
         },
         "settings": {**s.to_dict(), "classifier_settings": s.classifier_settings().to_dict()},
         "environment": _environment(),
@@ -632,6 +725,18 @@ def evaluate_files(
         "elapsed_s": round(time.perf_counter() - t0, 2),
     }
     return Evaluation(summary, {f: (refs[f], cands[f]) for f in refs})
+
+
+def _add_memorisation(results, refs, cands, train: Path, kind: str, s, say) -> None:
+    """Load the training file per family and add ``memorisation`` to metrics and floor (a new
+    floor dict, so the cached floor stays independent of the training file)."""
+    loaders = dict(_families(kind, train, train, s))
+    for family in results:
+        say(f"{family}: memorisation check against the training file")
+        t = loaders[next(iter(loaders))] if family not in loaders else loaders[family]
+        main, floor = _memorisation(t(train), refs[family], cands[family], s.seed)
+        results[family]["metrics"]["memorisation"] = main
+        results[family]["floor"] = {**results[family]["floor"], "memorisation": floor}
 
 
 def _families(kind: str, ref_path: Path, cand_path: Path, s: EvaluationSettings):

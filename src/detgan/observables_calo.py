@@ -25,6 +25,7 @@ __all__ = [
     "calochallenge_cls_high",
     "calochallenge_cls_low",
     "calochallenge_bins",
+    "response_per_energy",
     "layer_energy_correlation",
     "calogan_features",
     "atlas_features",
@@ -186,6 +187,25 @@ def calochallenge_bins(
     return np.linspace(-hi if symmetric else 0.0, hi, 101)
 
 
+def response_per_energy(
+    response: np.ndarray, e_inc: np.ndarray, dataset: str
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """E_tot/E_inc per incident energy for dataset 1 (§3.1): events with E_inc ∈ [2^k, 2^(k+1))
+    MeV, k = 8 … 22, as pooled arrays ``etot_einc_at_<2^k>`` with their event owners, and bins:
+    20 on [0.4, 1.4], for photons from 4096 MeV on 20 on [0.9, 1.1]."""
+    e_inc = np.asarray(e_inc, np.float64).reshape(-1)
+    pooled, bins = {}, {}
+    for k in range(8, 23):
+        rows = np.nonzero((e_inc >= 2.0**k) & (e_inc < 2.0 ** (k + 1)))[0]
+        if not rows.size:
+            continue
+        key = f"etot_einc_at_{2**k}"
+        pooled[key], pooled[f"_owner_{key}"] = response[rows], rows.astype(np.int32)
+        narrow = "photon" in str(dataset) and k >= 12
+        bins[key] = np.linspace(0.9, 1.1, 21) if narrow else np.linspace(0.4, 1.4, 21)
+    return pooled, bins
+
+
 def layer_energy_correlation(features: Mapping[str, np.ndarray], binning: Any) -> np.ndarray:
     """(N, L) matrix of the layer energies E_l, relevant layers ascending (input of §3.5)."""
     ids = [lay["id"] for lay in layer_table(binning) if not lay["empty"]]
@@ -329,16 +349,22 @@ def load_calo_family(path: Any, kind: str, settings: Any) -> Any:
     fmt = None if kind in ("auto", "calo") else kind
     stop = settings.max_events or None
     showers = load_showers(path, fmt, stop=stop)
-    return showers_family(showers)
+    return showers_family(showers, legacy=tuple(getattr(settings, "legacy", ())))
 
 
-def showers_family(showers: Any) -> Any:
+def showers_family(showers: Any, *, legacy: tuple[str, ...] = ()) -> Any:
     """FamilyData of a :class:`~detgan.io.showers.Showers` object (CaloChallenge, CaloGAN,
-    ATLAS cluster, or any other grid with generic features)."""
+    ATLAS cluster, LHCb ECAL, or any other grid with generic features). ``legacy`` holds the
+    active §A switches (``klein-width``, ``lhcb-2019`` matter here)."""
     from detgan.evaluate import FamilyData
 
     layout, energy = showers.layout, np.asarray(showers.energy, np.float64)
     cond = np.log10(energy)
+    name = getattr(layout, "name", "")
+    if name == "lhcb-ecal" and "point" in showers.conditions:
+        from detgan.observables_lhcb import lhcb_family
+
+        return lhcb_family(showers, legacy="lhcb-2019" in legacy)
     if getattr(layout, "kind", "") == "calochallenge":
         e_min = float(showers.meta.get("e_min", getattr(layout, "e_min", 0.0)) or 0.0)
         cells = apply_threshold(showers.cells, e_min)
@@ -352,17 +378,21 @@ def showers_family(showers: Any) -> Any:
             cond,
             high=calochallenge_cls_high(feats, energy, layout),
         )
+        rows = np.nonzero(cells > 0)[0]
         nz = cells[cells > 0]
-        data.pooled = {"voxel_energy": nz}
+        data.pooled = {"voxel_energy": nz, "_owner_voxel_energy": rows.astype(np.int32)}
         data.bins = {
             k: b
             for k in [*feats, "voxel_energy"]
             if (b := calochallenge_bins(k, layout.dataset, e_min, feats.get(k, nz))) is not None
         }
+        if str(layout.dataset).startswith("1"):
+            per_e, bins = response_per_energy(feats["etot_einc"], energy, layout.dataset)
+            data.pooled.update(per_e)
+            data.bins.update(bins)
         data.meta = {"dataset": layout.dataset, "e_min": e_min}
         data.images = {"mean energy per layer": layer_energy_correlation(feats, layout).mean(0)}
         return data
-    name = getattr(layout, "name", "")
     if name.startswith("atlas"):
         cells = atlas_threshold(showers.cells)
         eta = showers.conditions.get("cell_eta")
@@ -370,7 +400,7 @@ def showers_family(showers: Any) -> Any:
         if eta is None or phi is None:  # fixed geometry: offsets from the layout (mm → angle)
             xs, ys = layout.cell_centres()
             eta, phi = xs / layout.angle_scale, ys / layout.angle_scale
-        feats = atlas_features(cells, eta, phi)
+        feats = atlas_features(cells, eta, phi, legacy="klein-width" in legacy)
         family = "atlas"
     elif name == "calogan":
         cells = np.asarray(showers.cells, np.float64)
@@ -396,29 +426,46 @@ _CC_NAMES = (
 )
 
 
+def _histogram_text(m: Mapping[str, Any], published_only: bool) -> str:
+    """Blocks "<name>: \\n<value>\\n" of the separation powers in the order of §3.9."""
+    feats, pooled = m["features"], m.get("pooled", {})
+    ids = lambda p: sorted(int(k.rpartition("_")[2]) for k in feats if k.startswith(p))  # noqa: E731
+    layers, alpha = ids("e_layer_"), ids("ec_eta_")
+    order = [("Etot / Einc", feats, "etot_einc")]
+    order += [(f"E layer {k}", feats, f"e_layer_{k}") for k in layers]
+    order += [(f"{label} {k}", feats, f"{key}_{k}") for key, label in _CC_NAMES for k in alpha]
+    energies = sorted(int(k.rpartition("_")[2]) for k in pooled if k.startswith("etot_einc_at_"))
+    order += [(f"Etot / Einc at E = {float(e)}", pooled, f"etot_einc_at_{e}") for e in energies]
+    order.append(("Voxel distribution", pooled, "voxel_energy"))
+    if not published_only:
+        for key, label in (("sparsity", "Sparsity"), ("ec_r", "EC R"), ("width_r", "Width R")):
+            order += [(f"{label} layer {k}", feats, f"{key}_{k}") for k in layers]
+    blocks = ["List of separation powers of all histograms (project name: separation power)"]
+    for label, group, key in order:
+        blocks.append(f"{label}: \n{group.get(key, {}).get('separation')!r}\n")
+    return "\n".join(blocks)
+
+
 def calochallenge_text_files(evaluation: Any) -> dict[str, str]:
     """CaloChallenge-style text files (§3.9) for a CaloChallenge evaluation; {} otherwise.
 
-    ``histogram_chi2_<d>.txt`` (separation powers, published order; the per-energy blocks of
-    dataset 1 are not produced), ``classifier_<mode>_<d>.txt`` and ``fpd_kpd_<d>.txt``.
+    ``histogram_chi2_<d>.txt`` (separation powers in the published order, dataset 1 with the
+    15 per-energy responses; then the project additions sparsity, EC_r, W_r unless the
+    ``cc-histograms`` switch, §A.9), ``classifier_<mode>_<d>.txt``, ``fpd_kpd_<d>.txt`` and
+    ``prdc_<d>.txt`` (one value per line; one line under ``prdc-one-line``, §A.13).
     """
     result = evaluation.summary["families"].get("calochallenge")
     if result is None:
         return {}
-    ref = evaluation.samples["calochallenge"][0]
-    d = ref.meta.get("dataset", "custom")
+    legacy = evaluation.summary["settings"].get("legacy", ())
+    d = evaluation.samples["calochallenge"][0].meta.get("dataset", "custom")
     m = result["metrics"]
-    feats = m["features"]
-    layers = sorted(int(k.rpartition("_")[2]) for k in feats if k.startswith("e_layer_"))
-    alpha = sorted(int(k.rpartition("_")[2]) for k in feats if k.startswith("ec_eta_"))
-    order = [("Etot / Einc", "etot_einc")] + [(f"E layer {k}", f"e_layer_{k}") for k in layers]
-    order += [(f"{label} {k}", f"{key}_{k}") for key, label in _CC_NAMES for k in alpha]
-    blocks = ["List of separation powers of all histograms (project name: separation power)"]
-    for label, key in order:
-        blocks.append(f"{label}: \n{repr(feats.get(key, {}).get('separation'))}\n")
-    vox = m.get("pooled", {}).get("voxel_energy", {}).get("separation")
-    blocks.append(f"Voxel distribution: \n{vox!r}\n")
-    out = {f"histogram_chi2_{d}.txt": "\n".join(blocks)}
+    out = {f"histogram_chi2_{d}.txt": _histogram_text(m, "cc-histograms" in legacy)}
+    if "prdc" in m:
+        p = m["prdc"]
+        sep = " " if "prdc-one-line" in legacy else "\n"
+        keys = ("precision", "recall", "density", "coverage")
+        out[f"prdc_{d}.txt"] = sep.join(f"{k}: {p[k]}" for k in keys) + "\n"
     for mode in ("low", "high"):
         c = m.get(f"classifier_{mode}")
         if c:

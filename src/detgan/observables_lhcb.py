@@ -25,6 +25,7 @@ __all__ = [
     "lhcb_cluster_metrics",
     "lhcb_cluster_metrics_legacy",
     "lhcb_physics_vector",
+    "lhcb_family",
 ]
 
 N_SIDE = 30
@@ -231,3 +232,56 @@ def lhcb_physics_vector(metrics: dict[str, np.ndarray]) -> np.ndarray:
     """The 54-value physics statistics vector [A_L, A_T, σ_L, σ_T, S(α_0 … α_49)], (N, 54)."""
     cols = [metrics[k][:, None] for k in ("asym_long", "asym_trans", "width_long", "width_trans")]
     return np.concatenate([*cols, metrics["occupancy_rel"]], 1)
+
+
+#: Relative thresholds shown as 1-D features (k = 0, 10, 20, 29, 39: α ≈ 10⁻⁵ … 10⁻¹).
+_SHOWN_K = (0, 10, 20, 29, 39)
+
+
+def lhcb_family(showers: Any, *, legacy: bool = False) -> Any:
+    """:class:`~detgan.evaluate.FamilyData` of LHCb ECAL showers (cells (N, 900) MeV, conditions
+    ``point`` mm and ``momentum`` MeV, ``meta['pitch_mm']``).
+
+    features: the §2.3 metrics (lengths in cells) and S(α) at five thresholds; high: the 54-value
+    physics vector + ΔX, ΔY, E_tot/|p|; low: [log10|p|, p_x/|p|, p_y/|p|, x₀, y₀ (cm), cells/|p|].
+    ``legacy`` replaces A_L, A_T, σ_L, σ_T by their ``lhcb-2019`` values (§A.3).
+    """
+    from detgan.evaluate import FamilyData
+
+    cells = np.asarray(showers.cells, np.float64)
+    point_mm = np.asarray(showers.conditions["point"], np.float64)
+    mom = np.asarray(showers.conditions["momentum"], np.float64)
+    pitch = float(showers.meta.get("pitch_mm", 20.2))
+    m = lhcb_cluster_metrics(cells, point_mm, mom, pitch=pitch, z_sm=250.0)
+    if legacy:
+        m.update(lhcb_cluster_metrics_legacy(cells, point_mm / 10.0, mom))
+    feats = {k: m[k] for k in LHCB_LABELS}
+    labels = dict(LHCB_LABELS)
+    for k in _SHOWN_K:
+        feats[f"occupancy_rel_{k}"] = m["occupancy_rel"][:, k]
+        labels[f"occupancy_rel_{k}"] = f"fraction of cells ≥ {LHCB_ALPHAS[k]:.1e}·E_tot"
+    p = np.linalg.norm(mom, axis=1)
+    high = np.concatenate(
+        [lhcb_physics_vector(m), np.stack([m["delta_x"], m["delta_y"], m["etot_p"]], 1)], 1
+    )
+    cond = np.stack([np.log10(p), mom[:, 0] / p, mom[:, 1] / p, *(point_mm[:, :2].T / 10.0)], 1)
+    data = FamilyData(
+        "lhcb",
+        feats,
+        np.concatenate([cond, cells / p[:, None]], 1),
+        cells,
+        cells,
+        np.log10(p),
+        high=high,
+        labels=labels,
+    )
+    data.images = {
+        "mean ECAL image": cells.mean(0).reshape(N_SIDE, N_SIDE),
+        "mean occupancy_rel vs log10 alpha": m["occupancy_rel"].mean(0),
+    }
+    data.meta = {
+        "pitch_mm": pitch,
+        "normal_incidence": int(m["normal_incidence"].sum()),
+        "lhcb_convention": "lhcb-2019 (legacy §A.3)" if legacy else "project (§2.3)",
+    }
+    return data

@@ -78,6 +78,14 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append((f"{key.upper()} ×10³", _x1e3(m, key), _x1e3(f, key)))
     if "prdc" in m:
         rows.append(("precision / recall / density / coverage", _prdc(m), _prdc(f)))
+    if "memorisation" in m:
+        rows.append(
+            (
+                "memorisation: median d_T ratio / fraction < 1 % / copies",
+                _memo(m["memorisation"]),
+                _memo(f.get("memorisation")),
+            )
+        )
     get = lambda d, a, b: _fmt(d.get(a, {}).get(b)) if d else "–"  # noqa: E731
     rows.append(
         ("correlation-matrix MSE", get(m, "correlation", "mse"), get(f, "correlation", "mse"))
@@ -110,6 +118,12 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _memo(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "–"
+    return f"{_fmt(d['median_ratio'])} / {_fmt(d['fraction_below_p01'])} / {d['n_copies']}"
+
+
 def _x1e3(d: dict[str, Any], key: str) -> str:
     return _pm(d[key]["value_x1e3"], d[key]["error_x1e3"]) if key in d else "–"
 
@@ -124,7 +138,8 @@ def _ratio(d: dict[str, Any]) -> str:
     c = d.get("cells") if d else None
     if not c:
         return "–"
-    return f"{_fmt(c['var_ratio_median'])} [{_fmt(c['var_ratio_p05'])}, {_fmt(c['var_ratio_p95'])}]"
+    lo, hi = _fmt(c["var_ratio_p05"]), _fmt(c["var_ratio_p95"])
+    return f"{_fmt(c['var_ratio_median'])} [{lo}, {hi}]"
 
 
 def _mean_sep(group: dict[str, Any]) -> float:
@@ -217,17 +232,19 @@ def build_figures(evaluation: Any) -> dict[str, list[tuple[str, Any]]]:
                     ),
                 )
             )
-        for name in (k for k in ref.pooled if not k.startswith("_")):
-            label = f"{ref.labels.get(name, name)} (all stations)".replace(", hottest station", "")
+        for name in (k for k in ref.pooled if not k.startswith("_") and k in cand.pooled):
+            label = ref.labels.get(name, name)
+            if family == "traces":
+                label = f"{label} (all stations)".replace(", hottest station", "")
             figs.append(
                 (
                     label,
                     plots.histogram_ratio(
                         ref.pooled[name],
                         cand.pooled[name],
-                        40,
+                        ref.bins.get(name, 40),
                         xlabel=label,
-                        title=f"{name}, every station",
+                        title=f"{name}, every station" if family == "traces" else name,
                     ),
                 )
             )
@@ -280,6 +297,23 @@ def _family_figures(
                         other,
                         xlabel="time / ns",
                         ylabel="signal / VEM per bin",
+                        title=name,
+                        logy=True,
+                    ),
+                )
+            )
+        elif img.ndim == 1 and "occupancy_rel" in name:
+            from detgan.observables_lhcb import LHCB_ALPHAS
+
+            figs.append(
+                (
+                    "mean fraction of cells above α·E_tot (LHCb 'sparsity')",
+                    plots.profile_comparison(
+                        np.log10(LHCB_ALPHAS),
+                        img,
+                        other,
+                        xlabel="log10 α (relative threshold)",
+                        ylabel="mean fraction of cells",
                         title=name,
                         logy=True,
                     ),
@@ -366,7 +400,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- classifier: {cs['n_layers']} × {cs['hidden']} units, {cs['epochs']} epochs, "
         f"{cs['n_runs']} runs, lr {cs['learning_rate']}; mean ± std (ddof 1) over runs",
         "- floor: the reference split into two random halves, evaluated with the same pipeline",
-        f"- elapsed: {summary.get('elapsed_s', '–')} s on {summary['environment']['threads']} thread(s)",
+        f"- elapsed: {summary.get('elapsed_s', '–')} s on "
+        f"{summary['environment']['threads']} thread(s)",
+        f"- legacy switches (§A): {_legacy(s)}",
         "",
     ]
     for family, result in summary["families"].items():
@@ -396,12 +432,17 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _legacy(settings: dict[str, Any]) -> str:
+    return ", ".join(settings.get("legacy") or ()) or "none (project conventions)"
+
+
 def _sizes(n: dict[str, int]) -> str:
     return ", ".join(f"{v} {k}" for k, v in n.items())
 
 
 _CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#222;
+background:#fafafa}
 header{background:#1f3a5f;color:#fff;padding:18px 32px}
 header h1{margin:0 0 4px 0;font-size:22px} header p{margin:2px 0;font-size:13px;opacity:.9}
 main{padding:8px 32px 40px 32px;max-width:1400px}
@@ -415,7 +456,8 @@ td.floor{color:#555;background:#f6f6f6}
 .warn{background:#fff4e5;border-left:4px solid #e67e22;padding:6px 12px;font-size:13px;margin:4px 0}
 .grid{display:flex;flex-wrap:wrap;gap:10px}
 figure{margin:0;background:#fff;border:1px solid #e3e3e3;padding:4px}
-figure img{display:block;max-width:100%} figcaption{font-size:11px;color:#444;padding:2px 4px;max-width:440px}
+figure img{display:block;max-width:100%}
+figcaption{font-size:11px;color:#444;padding:2px 4px;max-width:440px}
 figure.wide figcaption{max-width:880px}
 """
 
@@ -454,10 +496,11 @@ def render_html(summary: dict[str, Any], figures: dict[str, list[tuple[str, Any]
         f"candidate <b>{esc(inp['candidate'])}</b> ({esc(_sizes(inp['n_candidate']))})</p>",
         f"<p>kind {esc(inp['kind'])} · protocol {esc(summary['settings']['protocol'])} · seed "
         f"{summary['settings']['seed']} · detgan {esc(summary['environment']['detgan'])} · "
-        f"{summary.get('elapsed_s', '–')} s on {summary['environment']['threads']} thread(s)</p>"
-        "</header><main>",
-        "<p class=note>Every number is shown next to its <b>floor</b>: the same metric between two "
-        "random halves of the reference (statistical limit; sizes differ from the main comparison). "
+        f"{summary.get('elapsed_s', '–')} s on {summary['environment']['threads']} thread(s) · "
+        f"legacy switches: {esc(_legacy(summary['settings']))}</p></header><main>",
+        "<p class=note>Every number is shown next to its <b>floor</b>: the same metric between "
+        "two random halves of the reference (statistical limit; sizes differ from the main "
+        "comparison). "
         f"Classifier: {cs['n_layers']} × {cs['hidden']} units, {cs['epochs']} epochs, "
         f"{cs['n_runs']} independent runs (mean ± std, ddof 1), isotonic calibration on the test "
         "split, AUC and JSD (bits) on the validation split. FPD/KPD ×10³ on the high-level "
@@ -531,7 +574,7 @@ def write_report(
     figures: bool = True,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``report.html``, ``summary.md`` and ``summary.json`` (and ``extra_files``) to a folder."""
+    """Write ``report.html``, ``summary.md``, ``summary.json`` (and ``extra_files``) to a folder."""
     path = Path(output)
     summary = to_json(evaluation.summary)
     with _atomic_dir(path, overwrite) as tmp:

@@ -13,6 +13,17 @@ from detgan.utils import DetganError, set_threads
 
 __all__ = ["register", "run"]
 
+#: §A legacy switches (kept in step with detgan.evaluate.LEGACY_SWITCHES, which a test checks;
+#: not imported here so that the command module stays free of torch).
+LEGACY = (
+    "lhcb-2019",
+    "klein-width",
+    "cc-histograms",
+    "cc-classifier",
+    "float64",
+    "cc-correlation",
+    "prdc-one-line",
+)
 KINDS = ("auto", "airshower", "footprint", "traces", "calochallenge", "calogan", "lhcb", "native")
 
 
@@ -62,6 +73,22 @@ def register(commands, groups) -> None:
         help="folder for cached reference features and floors "
         "(default: $XDG_CACHE_HOME/detgan or ~/.cache/detgan; 'none' disables)",
     )
+    p.add_argument(
+        "--train",
+        default=None,
+        help="the generator's training file: adds the nearest-neighbour memorisation check "
+        "(the reference serves as the held-out sample)",
+    )
+    p.add_argument(
+        "--legacy",
+        action="append",
+        default=[],
+        choices=LEGACY,
+        metavar="SWITCH",
+        help="reproduce a published convention (repeatable; named in every output): "
+        + ", ".join(LEGACY)
+        + " (see docs/evaluation.md)",
+    )
     p.add_argument("--no-figures", action="store_true", help="write the tables without figures")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="device for the classifier (default: cpu)")
@@ -96,11 +123,17 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=str(resolve_device(args.device)),
         kpd_batch_size=10000 if args.protocol == "calochallenge" else 5000,
+        legacy=tuple(dict.fromkeys(args.legacy)),
     )
     t0 = time.perf_counter()
     say = lambda m: print(f"[{time.perf_counter() - t0:6.1f} s] {m}", file=sys.stderr, flush=True)  # noqa: E731
     evaluation = evaluate_files(
-        args.reference, args.candidate, settings, cache_dir=_cache_dir(args.cache_dir), progress=say
+        args.reference,
+        args.candidate,
+        settings,
+        cache_dir=_cache_dir(args.cache_dir),
+        progress=say,
+        train=args.train,
     )
     say("writing report")
     extra = _extra_files(evaluation)
@@ -119,6 +152,19 @@ def _extra_files(evaluation) -> dict[str, str]:
     return calochallenge_text_files(evaluation)
 
 
+def _print_per_energy(m: dict, f: dict) -> None:
+    """Separation powers of E_tot/E_inc per incident energy (CaloChallenge dataset 1)."""
+    pooled, floor = m.get("pooled", {}), f.get("pooled", {})
+    keys = sorted(
+        (k for k in pooled if k.startswith("etot_einc_at_")), key=lambda k: int(k.split("_")[-1])
+    )
+    for k in keys:
+        e = int(k.split("_")[-1])
+        sep, fl = (d.get(k, {}).get("separation") for d in (pooled, floor))
+        num = lambda v: "–" if v is None else f"{v:.3g}"  # noqa: E731
+        print(f"  Etot/Einc at E = {e} MeV: separation power {num(sep)} (floor {num(fl)})")
+
+
 def _print_summary(summary: dict, out: Path, threads: int, elapsed: float) -> None:
     for family, result in summary["families"].items():
         m, f = result["metrics"], result["floor"]
@@ -130,7 +176,12 @@ def _print_summary(summary: dict, out: Path, threads: int, elapsed: float) -> No
         if "fpd" in m:
             floor = f.get("fpd", {}).get("value_x1e3", float("nan"))
             line.append(f"FPD×1e3 {m['fpd']['value_x1e3']:.3g} (floor {floor:.3g})")
+        if "memorisation" in m:
+            floor = f.get("memorisation", {}).get("median_ratio", float("nan"))
+            ratio = m["memorisation"]["median_ratio"]
+            line.append(f"memorisation ratio {ratio:.3f} (floor {floor:.3f})")
         print("  ".join(line))
+        _print_per_energy(m, f)
     for w in summary.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     print(f"report: {out / 'report.html'}  ({elapsed:.0f} s, {threads} threads)")
