@@ -11,7 +11,7 @@ import pytest
 
 from detgan.cli import evaluate as cli_evaluate
 from detgan.cli import main
-from detgan.evaluate import (
+from detgan.comparison import (
     LEGACY_SWITCHES,
     EvaluationSettings,
     FamilyData,

@@ -343,7 +343,7 @@ def grid_features(cells: np.ndarray, energy: np.ndarray, layout: Any) -> dict[st
 
 
 def load_calo_family(path: Any, kind: str, settings: Any) -> Any:
-    """Load a showers file and build the :class:`~detgan.evaluate.FamilyData` of its family."""
+    """Load a showers file and build the :class:`~detgan.comparison.FamilyData` of its family."""
     from detgan.io.showers import load_showers
 
     fmt = None if kind in ("auto", "calo") else kind
@@ -356,7 +356,7 @@ def showers_family(showers: Any, *, legacy: tuple[str, ...] = ()) -> Any:
     """FamilyData of a :class:`~detgan.io.showers.Showers` object (CaloChallenge, CaloGAN,
     ATLAS cluster, LHCb ECAL, or any other grid with generic features). ``legacy`` holds the
     active §A switches (``klein-width``, ``lhcb-2019`` matter here)."""
-    from detgan.evaluate import FamilyData
+    from detgan.comparison import FamilyData
 
     layout, energy = showers.layout, np.asarray(showers.energy, np.float64)
     cond = np.log10(energy)

@@ -239,14 +239,14 @@ _SHOWN_K = (0, 10, 20, 29, 39)
 
 
 def lhcb_family(showers: Any, *, legacy: bool = False) -> Any:
-    """:class:`~detgan.evaluate.FamilyData` of LHCb ECAL showers (cells (N, 900) MeV, conditions
+    """:class:`~detgan.comparison.FamilyData` of LHCb ECAL showers (cells (N, 900) MeV, conditions
     ``point`` mm and ``momentum`` MeV, ``meta['pitch_mm']``).
 
     features: the §2.3 metrics (lengths in cells) and S(α) at five thresholds; high: the 54-value
     physics vector + ΔX, ΔY, E_tot/|p|; low: [log10|p|, p_x/|p|, p_y/|p|, x₀, y₀ (cm), cells/|p|].
     ``legacy`` replaces A_L, A_T, σ_L, σ_T by their ``lhcb-2019`` values (§A.3).
     """
-    from detgan.evaluate import FamilyData
+    from detgan.comparison import FamilyData
 
     cells = np.asarray(showers.cells, np.float64)
     point_mm = np.asarray(showers.conditions["point"], np.float64)
