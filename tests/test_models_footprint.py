@@ -103,3 +103,16 @@ def test_config_errors_name_the_choices():
         FootprintModelConfig(architecture="conv")
     with pytest.raises(DetganError, match="unknown setting"):
         FootprintModelConfig.from_dict({"widht": 3})
+
+
+def test_gate_output_is_zero_or_between_threshold_and_ceiling():
+    gen = DenseGenerator(8, 9, 32, 2, "gate", threshold=0.7, ceiling=0.9)
+    assert gen.noise_dim == 8 + 81
+    with torch.no_grad():
+        gen.mean.bias[81:] = 5.0  # amplitudes far above the ceiling
+    x = gen(torch.randn(512, gen.noise_dim), torch.randn(512))
+    on = x[x != 0]
+    assert on.numel() > 0 and bool((on >= 0.7).all()) and bool((on <= 0.9 + 1e-6).all())
+    assert (x == 0).any()
+    x.sum().backward()
+    assert all(p.grad is not None for p in gen.parameters())

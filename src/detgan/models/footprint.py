@@ -9,6 +9,7 @@ label transform (standardised log10 E). They return per-event outputs; losses li
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import Tensor, nn
@@ -42,8 +43,10 @@ class FootprintModelConfig(Config):
     amplitude above threshold, see :class:`DenseGenerator`).
     ``critic_conditional``/``critic_sorted``: the dense critic also sees the label / the station
     values sorted in decreasing order. ``constrainer``: 'aixnet' (:class:`AixNetConstrainer`) or
-    'dense' (:class:`DenseConstrainer`, ~50× cheaper on a CPU). ``dropout`` and ``leaky_slope``
-    are not given in the paper (Keras defaults would be 0.3 for the slope); ours are a choice.
+    'dense' (:class:`DenseConstrainer`, ~50× cheaper on a CPU). ``cap_at_maximum``: the
+    'gate' output is clipped at the largest training value (the simulator's signal cap).
+    ``dropout`` and ``leaky_slope`` are not given in the paper (Keras defaults would be 0.3 for
+    the slope); ours are a choice.
     """
 
     architecture: str = "paper"
@@ -57,6 +60,7 @@ class FootprintModelConfig(Config):
     dropout: float = 0.2
     leaky_slope: float = 0.2
     constrainer: str = "aixnet"
+    cap_at_maximum: bool = False
     constrainer_width: int = 32
 
     def validate(self) -> None:
@@ -249,7 +253,9 @@ class DenseGenerator(nn.Module):
       logistic noise made from n² extra latent normals (ℓ = logit Φ(z')), so
       ``noise_dim = latent_dim + n²`` and the on/off decision near threshold is random, as in
       the detector. Gradients reach g through the straight-through Gumbel-sigmoid estimator
-      (forward hard, backward σ(g + ℓ)).
+      (forward hard, backward σ(g + ℓ)). With a finite ``ceiling`` (the largest training
+      value: the simulator caps a station at 10⁷ VEM) the amplitude is clipped there
+      (straight-through gradient), which reproduces the pile-up of events at the cap.
     """
 
     def __init__(
@@ -260,12 +266,14 @@ class DenseGenerator(nn.Module):
         depth: int = 3,
         output: str = "trigger",
         threshold: float = 0.0,
+        ceiling: float = math.inf,
     ) -> None:
         super().__init__()
         self.latent_dim, self.n_side, self.output = latent_dim, n_side, output
         n = n_side * n_side
         self.noise_dim = latent_dim + (n if output == "gate" else 0)
         self.register_buffer("threshold", torch.tensor(float(threshold)))
+        self.register_buffer("ceiling", torch.tensor(float(ceiling)))
         n_out = n * (2 if output == "gate" else 1)
         self.mean = nn.Linear(3, n_out)
         self.residual = _mlp(latent_dim + 3, hidden, depth, n_out, nn.LeakyReLU(0.2))
@@ -281,6 +289,8 @@ class DenseGenerator(nn.Module):
             soft = torch.sigmoid(h[:, :n] + logistic)
             gate = (soft > 0.5).to(soft.dtype) + soft - soft.detach()
             amplitude = self.threshold + nn.functional.softplus(h[:, n:])
+            # The per-station signal cap: clip at the ceiling, straight-through gradient.
+            amplitude = amplitude + (amplitude.clamp(max=self.ceiling) - amplitude).detach()
             return (gate * amplitude).reshape(shape)
         if self.output == "trigger":
             return trigger_gate(h.reshape(shape), self.threshold)
@@ -322,14 +332,17 @@ class DenseCritic(nn.Module):
         return self.net(torch.cat(parts, dim=1)).squeeze(1)
 
 
-def build_footprint_models(cfg: FootprintModelConfig, threshold: float) -> dict[str, nn.Module]:
-    """The generator, critic and constrainer for ``cfg``; ``threshold`` is θ in network units."""
+def build_footprint_models(
+    cfg: FootprintModelConfig, threshold: float, ceiling: float = math.inf
+) -> dict[str, nn.Module]:
+    """The generator, critic and constrainer for ``cfg``; ``threshold`` θ and ``ceiling`` (the
+    largest allowed station value, dense 'gate' output only) in network units."""
     if cfg.architecture == "paper":
         generator: nn.Module = PaperGenerator(cfg.latent_dim, cfg.output, threshold)
         critic: nn.Module = PaperCritic(cfg.dropout, cfg.leaky_slope)
     else:
         generator = DenseGenerator(
-            cfg.latent_dim, cfg.n_side, cfg.hidden, cfg.depth, cfg.output, threshold
+            cfg.latent_dim, cfg.n_side, cfg.hidden, cfg.depth, cfg.output, threshold, ceiling
         )
         critic = DenseCritic(
             cfg.n_side,

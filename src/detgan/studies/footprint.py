@@ -155,6 +155,7 @@ def _improved(iterations: int, hidden: int, ema: float, checkpoint_every: int) -
         critic_conditional=True,
         critic_sorted=True,
         constrainer="dense",
+        cap_at_maximum=True,
     )
     train = TrainConfig(
         iterations=iterations,
@@ -182,7 +183,7 @@ FOOTPRINT_PRESETS: dict[str, FootprintSetup] = {
     "paper-journal": _paper(0.01, 10.0, 128, 500, 10, 1e-4, 1e-5, 3),
     "paper-arxiv": _paper(0.001, 3.0, 64, 100, 8, 1e-4, 1e-4, 0),
     "quick": _improved(4500, 256, 0.999, 500),
-    "full": _improved(30000, 384, 0.999, 2000),
+    "full": _improved(25000, 384, 0.999, 2000),
 }
 
 
@@ -208,6 +209,14 @@ def _fit_transforms(footprint: np.ndarray, energy: np.ndarray) -> dict[str, Tran
         "footprint": Standardise(scalar=True, center=False).fit(torch.from_numpy(footprint)),
         "label": Standardise(scalar=True).fit(torch.from_numpy(energy)),
     }
+
+
+def _net_limits(
+    transforms: dict[str, Transform], threshold: float, ceiling: float
+) -> tuple[float, float]:
+    """Threshold and ceiling (data units) in network units."""
+    values = transforms["footprint"].forward(torch.tensor([threshold, ceiling]))
+    return float(values[0]), float(values[1])
 
 
 def _label_to_net(transforms: dict[str, Transform], energy: Any) -> Tensor:
@@ -361,16 +370,18 @@ def _build_trainer(
     device: torch.device,
     progress: bool,
 ) -> Trainer:
-    thr_net = float(transforms["footprint"].forward(torch.tensor(threshold)))
+    ceiling = float(footprint.max()) if setup.model.cap_at_maximum else math.inf
+    thr_net, ceil_net = _net_limits(transforms, threshold, ceiling)
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
-        models = build_footprint_models(setup.model, thr_net)
+        models = build_footprint_models(setup.model, thr_net, ceil_net)
     models = {k: m.to(device) for k, m in models.items()}
     x = transforms["footprint"].forward(torch.from_numpy(footprint)).to(device)
     y = _label_to_net(transforms, energy).to(device)
     extra = {
         "transforms": {k: t.state_dict() for k, t in transforms.items()},
         "threshold": threshold,
+        "ceiling": ceiling,
         "n_train": len(energy),
         "snapshot_energies": list(SNAPSHOT_ENERGIES),
         "package_version": __version__,
@@ -438,8 +449,10 @@ def load_footprint_model(run_dir: str | os.PathLike, device: str = "cpu") -> Foo
         ) from None
     extra = state["extra"]
     transforms = {k: transform_from_state(v) for k, v in extra["transforms"].items()}
-    thr_net = float(transforms["footprint"].forward(torch.tensor(float(extra["threshold"]))))
-    models = build_footprint_models(setup.model, thr_net)
+    ceiling = float(extra.get("ceiling", math.inf))
+    models = build_footprint_models(
+        setup.model, *_net_limits(transforms, float(extra["threshold"]), ceiling)
+    )
     weights = state["models"]
     models["generator"].load_state_dict(weights.get("generator_ema", weights["generator"]))
     models["constrainer"].load_state_dict(weights["constrainer"])
