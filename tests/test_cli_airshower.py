@@ -200,3 +200,25 @@ def test_full_disk_gives_one_line_and_no_file(tmp_path, capsys, monkeypatch):
     assert code == 1
     assert err == "detgan: error: No space left on device; free some space or write elsewhere\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_summarises_calorimeter_files(tmp_path, capsys):
+    out = tmp_path / "c.npz"
+    assert (
+        _run(
+            capsys,
+            "simulate",
+            "calo",
+            "--geometry",
+            "lhcb-ecal",
+            "-n",
+            "20",
+            "-o",
+            str(out),
+            "--quiet",
+        )[0]
+        == 0
+    )
+    code, stdout, _ = _run(capsys, "inspect", str(out))
+    assert code == 0
+    assert "20 showers, format lhcb, 900 cells" in stdout and "incident energy" in stdout

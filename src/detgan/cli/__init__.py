@@ -20,7 +20,14 @@ from detgan.utils import DetganError
 __all__ = ["main", "build_parser"]
 
 #: Modules registering commands, in the order they appear in ``detgan --help``.
-COMMAND_MODULES = ["detgan.cli.airshower", "detgan.cli.calo", "detgan.cli.evaluate", "detgan.cli.footprint", "detgan.cli.refine", "detgan.cli.perf"]
+COMMAND_MODULES = [
+    "detgan.cli.airshower",
+    "detgan.cli.calo",
+    "detgan.cli.evaluate",
+    "detgan.cli.footprint",
+    "detgan.cli.refine",
+    "detgan.cli.perf",
+]
 
 GROUPS = {
     "simulate": "run a reference Monte Carlo simulation and write its output file",
@@ -73,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DetganError as exc:
         print(f"detgan: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `detgan inspect FILE | head`: the reader has gone
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("detgan: interrupted; no partial output was kept", file=sys.stderr)
         return 130

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from detgan.cli._common import add_output, add_runtime, add_seed
 from detgan.config import load_config_file, parse_assignments
 from detgan.io.native import open_h5, read_arrays, read_attrs
@@ -174,7 +176,37 @@ def airshower_summary(path: str | Path) -> list[str]:
     return lines
 
 
+def showers_summary(path: str | Path) -> list[str] | None:
+    """Lines describing a calorimeter showers file, or None if it is not one."""
+    from detgan.io.showers import detect_format, load_showers
+
+    try:
+        fmt = detect_format(path)
+    except DetganError:
+        return None
+    showers = load_showers(path, format=fmt)
+    e_gev = showers.energy / 1e3
+    total = showers.cells.sum(axis=1) / 1e3
+    lines = [
+        f"{path}: {len(showers)} showers, format {fmt}, {showers.n_cells} cells",
+        f"incident energy: {e_gev.min():.3g} - {e_gev.max():.3g} GeV (mean {e_gev.mean():.3g})",
+        f"deposited energy: mean {total.mean():.3g} GeV, mean fraction "
+        f"{np.mean(total / np.maximum(e_gev, 1e-12)):.3f}",
+        f"non-zero cells per shower: {np.mean((showers.cells > 0).sum(axis=1)):.1f}",
+    ]
+    if showers.conditions:
+        lines.append("conditions: " + ", ".join(sorted(showers.conditions)))
+    meta = {k: v for k, v in showers.meta.items() if k in ("seed", "package_version", "geometry")}
+    if meta:
+        lines.append("provenance: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
+    return lines
+
+
 def run_inspect(args: argparse.Namespace) -> int:
+    lines = showers_summary(args.file)
+    if lines is not None:
+        print("\n".join(lines))
+        return 0
     attrs = read_attrs(args.file)
     with open_h5(args.file) as f:
         datasets = {k: (f[k].shape, f[k].dtype) for k in f if hasattr(f[k], "shape")}
@@ -215,9 +247,7 @@ def run_demo(args: argparse.Namespace) -> int:
     resume = (run / "checkpoint.pt").exists()
     print(f"[3/4] train the '{args.preset}' footprint WGAN -> {run}" + (" (resuming)" * resume))
     start = time.perf_counter()
-    train_footprint(
-        args.preset, train, run, device=device, resume=resume, until=args.iterations
-    )
+    train_footprint(args.preset, train, run, device=device, resume=resume, until=args.iterations)
     print(f"      {time.perf_counter() - start:.0f} s")
     print(f"[4/4] footprint study against the held-out reference -> {report}")
     result = run_footprint_study(run, ref, report, device=device, overwrite=True)
