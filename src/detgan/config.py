@@ -142,8 +142,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DetganError(f"config file '{path}' not found")
-    text = path.read_text()
     try:
+        text = path.read_text()  # inside: a binary file is a parse error, not a traceback
         if path.suffix == ".toml":
             import tomllib  # Python >= 3.11
 

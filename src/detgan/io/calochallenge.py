@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from detgan.io.native import H5Writer, open_h5
+from detgan.io.native import H5Writer, check_read_size, open_h5
 from detgan.io.showers import Showers, check_real, describe_events, nonfinite_events
 from detgan.sim.geometry import (
     BINNINGS,
@@ -130,7 +130,12 @@ def _layout_of(f: h5py.File, path: Any, binning: Any, n_voxels: int) -> CaloChal
         stored = f.attrs["binning_xml"]
         stored = stored.decode() if isinstance(stored, bytes) else str(stored)
         e_min = float(f.attrs.get("e_min", 0.0))
-        binning = parse_binning(stored, e_min=e_min)
+        try:
+            binning = parse_binning(stored if stored.lstrip().startswith("<") else "<", e_min=e_min)
+        except DetganError as exc:
+            raise DetganError(
+                f"file '{path}': its 'binning_xml' attribute is invalid: {exc}"
+            ) from None
     binning = get_binning(binning, n_voxels)
     if binning.n_cells != n_voxels:
         raise DetganError(
@@ -165,6 +170,8 @@ def _check_layout(f: h5py.File, path: Any) -> tuple[int, list[str]]:
             f"file '{path}': 'incident_energies' has {energies.shape[0]} events but 'showers' has "
             f"{showers.shape[0]}; the file is inconsistent, regenerate it"
         )
+    if showers.shape[0] == 0:
+        raise DetganError(f"file '{path}' holds no events")
     extra = sorted(set(f.keys()) - set(DATASETS))
     notices = [f"file '{path}': ignoring extra root objects {', '.join(extra)}"] if extra else []
     return showers.shape[0], notices
@@ -194,6 +201,7 @@ def read(
         n, notices = _check_layout(f, path)
         layout = _layout_of(f, path, binning, f["showers"].shape[1])
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        check_read_size(f, DATASETS, start, stop)
         try:
             energy = f["incident_energies"][start:stop].reshape(-1).astype(np.float64)
             cells = f["showers"][start:stop]

@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from detgan.io.native import H5Writer, open_h5
+from detgan.io.native import H5Writer, check_read_size, open_h5
 from detgan.io.showers import Showers, check_real, describe_events, nonfinite_events
 from detgan.sim.geometry import CALOGAN, Layout
 from detgan.utils import DetganError
@@ -54,6 +54,8 @@ def _check_layout(f: h5py.File, path: Any) -> tuple[int, bool]:
         lengths[name] = ds.shape[0]
     if len(set(lengths.values())) != 1:
         raise DetganError(f"file '{path}': datasets have different numbers of events {lengths}")
+    if lengths["energy"] == 0:
+        raise DetganError(f"file '{path}' holds no events")
     return lengths["energy"], "overflow" in lengths
 
 
@@ -78,6 +80,7 @@ def read(
     with open_h5(path) as f:
         n, has_overflow = _check_layout(f, path)
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        check_read_size(f, ["energy", *LAYERS], start, stop)
         try:
             energy = f["energy"][start:stop].reshape(-1).astype(np.float64) * GEV
             parts = [f[name][start:stop].reshape(len(energy), -1) for name in LAYERS]

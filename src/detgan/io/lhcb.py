@@ -55,6 +55,11 @@ def _load(path: Any) -> dict[str, np.ndarray]:
                         f"file '{path}': array '{key}' is a pickled object array, which is not "
                         "loaded for safety; re-save it with plain numeric arrays"
                     ) from None
+                except MemoryError:
+                    raise DetganError(
+                        f"file '{path}': array '{key}' declares more data than this machine's "
+                        "memory; the file is corrupt or too large"
+                    ) from None
             return out
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         if isinstance(exc, DetganError):
@@ -93,6 +98,8 @@ def _check(path: Any, data: dict[str, np.ndarray]) -> int:
                 f"file '{path}': '{key}' has shape {data[key].shape}, expected (N, 3)"
             )
     for key in (*REQUIRED, *OPTIONAL):
+        if key in data and data[key].ndim == 0:
+            raise DetganError(f"file '{path}': '{key}' is a single value, expected one per event")
         if key in data and data[key].dtype.kind not in "fiu":
             raise DetganError(
                 f"file '{path}': '{key}' has dtype {data[key].dtype}, expected numbers"
@@ -100,6 +107,8 @@ def _check(path: Any, data: dict[str, np.ndarray]) -> int:
     lengths = {k: len(data[k]) for k in (*REQUIRED, *OPTIONAL) if k in data}
     if len(set(lengths.values())) != 1:
         raise DetganError(f"file '{path}': arrays have different numbers of events {lengths}")
+    if lengths["EnergyDeposit"] == 0:
+        raise DetganError(f"file '{path}' holds no events")
     return lengths["EnergyDeposit"]
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "read_arrays",
     "iter_chunks",
     "check_arrays",
+    "check_read_size",
     "n_events",
     "centre_hottest",
     "AIRSHOWER_SCHEMA",
@@ -163,7 +164,13 @@ def open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
             f"file '{path}' is not a readable HDF5 file (corrupt or truncated?); regenerate it"
         ) from None
     with handle:
-        yield handle
+        try:
+            yield handle
+        except (KeyError, OSError, RuntimeError) as exc:  # h5py's errors for damaged metadata
+            reason = str(exc).strip("'\"").splitlines()[0] if str(exc) else type(exc).__name__
+            raise DetganError(
+                f"file '{path}' is corrupt or truncated ({reason}); regenerate it"
+            ) from None
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
@@ -182,23 +189,36 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _expected_shape(spec: tuple[str | int, ...], attrs: Mapping[str, Any]) -> tuple[int, ...]:
-    sizes = {"n": int(attrs.get("n_side", 9)), "t": int(attrs.get("n_bins", 80))}
+def _expected_shape(
+    spec: tuple[str | int, ...], attrs: Mapping[str, Any], path: Any = "input"
+) -> tuple[int, ...]:
+    try:
+        sizes = {"n": int(attrs.get("n_side", 9)), "t": int(attrs.get("n_bins", 80))}
+    except (TypeError, ValueError):
+        raise DetganError(
+            f"file '{path}': attribute 'n_side' or 'n_bins' is not an integer; regenerate it"
+        ) from None
     return tuple(sizes[s] if isinstance(s, str) else s for s in spec)
 
 
 def check_arrays(
-    arrays: Mapping[str, np.ndarray], source: str = "input", *, nonnegative: Sequence[str] = ()
+    arrays: Mapping[str, np.ndarray],
+    source: str = "input",
+    *,
+    nonnegative: Sequence[str] = (),
+    positive: Sequence[str] = (),
 ) -> None:
-    """Refuse non-finite values, negative values where forbidden and inconsistent lengths."""
+    """Refuse non-finite values, negative (or zero) values where forbidden, unequal lengths."""
     lengths = {name: len(a) for name, a in arrays.items()}
     if len(set(lengths.values())) > 1:
         raise DetganError(f"{source}: datasets have inconsistent lengths {lengths}")
     for name, a in arrays.items():
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise DetganError(f"{source}: dataset '{name}' contains NaN or inf values")
-        if name in nonnegative and a.dtype.kind in "fi" and (a < 0).any():
+        if name in (*nonnegative, *positive) and a.dtype.kind in "fi" and (a < 0).any():
             raise DetganError(f"{source}: dataset '{name}' contains negative values")
+        if name in positive and a.dtype.kind in "fiu" and (a == 0).any():
+            raise DetganError(f"{source}: dataset '{name}' contains zeros; values must be > 0")
 
 
 def _validate_layout(
@@ -216,7 +236,7 @@ def _validate_layout(
             raise DetganError(f"file '{path}': '{name}' is a group, expected a dataset")
         if name in schema:
             spec, kinds = schema[name]
-            want = _expected_shape(spec, attrs)
+            want = _expected_shape(spec, attrs, path)
             if ds.ndim == 0 or tuple(ds.shape[1:]) != want:
                 raise DetganError(
                     f"file '{path}': dataset '{name}' has shape {ds.shape}, expected (N, "
@@ -248,12 +268,42 @@ def read_arrays(
         )
         n = _validate_layout(f, names, schema)
         stop = n if stop is None else min(stop, n)
+        check_read_size(f, names, start, stop)
         try:
             out = {name: f[name][start:stop] for name in names}
         except OSError:
             raise DetganError(f"file '{path}' is corrupt or truncated; regenerate it") from None
-    check_arrays(out, f"file '{path}'", nonnegative=("energy",))
+    check_arrays(out, f"file '{path}'", positive=("energy",))
     return out
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 2**62
+
+
+def check_read_size(
+    f: h5py.File, names: Sequence[str], start: int = 0, stop: int | None = None
+) -> None:
+    """Refuse to read events ``start:stop`` of ``names`` when they exceed this machine's memory.
+
+    A corrupt or crafted file can declare petabytes; this names the problem instead of failing
+    with an allocation error (or, worse, swapping).
+    """
+    need, rows = 0, 0
+    for name in names:
+        ds = f[name]
+        if isinstance(ds, h5py.Dataset) and ds.ndim:
+            rows = len(range(*slice(start, stop).indices(ds.shape[0])))
+            need += rows * int(np.prod(ds.shape[1:], dtype=np.float64)) * ds.dtype.itemsize
+    memory = _memory_bytes()
+    if need > memory:
+        raise DetganError(
+            f"file '{f.filename}' declares {rows} events needing {need / 2**30:.3g} GiB, more "
+            f"than this machine's {memory / 2**30:.3g} GiB; the file is corrupt or too large"
+        )
 
 
 def iter_chunks(

@@ -47,7 +47,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from detgan.io.native import H5Writer, open_h5
+from detgan.io.native import H5Writer, check_read_size, open_h5
 from detgan.sim.geometry import Layout, layout_from_dict
 from detgan.utils import DetganError
 
@@ -163,7 +163,7 @@ def natural_format(layout: Layout) -> str:
 
 def nonfinite_events(array: np.ndarray) -> np.ndarray:
     """Indices of events (rows) holding NaN or ±inf anywhere."""
-    if array.dtype.kind != "f":
+    if array.dtype.kind != "f" or array.size == 0:
         return np.zeros(0, dtype=np.int64)
     bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
     return np.flatnonzero(bad)
@@ -255,6 +255,16 @@ def read_native(path: str | os.PathLike, start: int = 0, stop: int | None = None
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise DetganError(f"file '{path}' has no dataset '{name}'; regenerate it")
             check_real(path, name, f[name].dtype)
+        n = f["energy"].shape[0] if f["energy"].ndim else 0
+        if n == 0:
+            raise DetganError(f"file '{path}' holds no events")
+        for name, ds in f.items():
+            if isinstance(ds, h5py.Dataset) and (ds.ndim == 0 or ds.shape[0] != n):
+                raise DetganError(
+                    f"file '{path}': dataset '{name}' has shape {ds.shape} but 'energy' has {n} "
+                    "events; the datasets have different lengths, regenerate the file"
+                )
+        check_read_size(f, list(f), start, stop)
         try:
             data = {k: f[k][start:stop] for k in f if isinstance(f[k], h5py.Dataset)}
         except OSError:
