@@ -273,7 +273,7 @@ class DenseGenerator(nn.Module):
         n = n_side * n_side
         self.noise_dim = latent_dim + (n if output == "gate" else 0)
         self.register_buffer("threshold", torch.tensor(float(threshold)))
-        self.register_buffer("ceiling", torch.tensor(float(ceiling)))
+        self.register_buffer("ceiling", torch.tensor(float(ceiling)), persistent=False)
         n_out = n * (2 if output == "gate" else 1)
         self.mean = nn.Linear(3, n_out)
         self.residual = _mlp(latent_dim + 3, hidden, depth, n_out, nn.LeakyReLU(0.2))
