@@ -672,7 +672,7 @@ def run_footprint_study(
             "generated": obs_gen["lateral"].mean(0).tolist(),
         },
         "fraction_between_zero_and_threshold": float(
-            ((gen_fp > 0) & (gen_fp < float(model.extra["threshold"]))).mean()
+            ((gen_fp > 0) & (gen_fp < float(model.extra["threshold"]) - 1e-4)).mean()
         ),
     }
     result["reference_is_training_file"] = model.extra.get("data_path") == str(
