@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_seed", "add_output", "add_runtime"]
+from detgan.config import load_config_file, parse_assignments
+
+__all__ = ["add_seed", "add_output", "add_runtime", "add_overrides", "read_overrides"]
 
 
 def add_seed(parser: argparse.ArgumentParser, default: int | None = 0) -> None:
@@ -30,3 +32,26 @@ def add_runtime(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch intra-op threads (default: all available cores)",
     )
+
+
+def add_overrides(parser: argparse.ArgumentParser, what: str, example: str) -> None:
+    """``--config FILE`` (JSON or TOML) and repeatable ``--set NAME=VALUE`` for ``what``."""
+    parser.add_argument("--config", help=f"JSON or TOML file of {what} overrides")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help=f"override one setting, e.g. --set {example} (repeatable)",
+    )
+
+
+def read_overrides(args: argparse.Namespace, *forbidden: str) -> dict:
+    """The settings of ``--config`` updated by ``--set``; ``forbidden`` names have options."""
+    values = load_config_file(args.config) if args.config else {}
+    values.update(parse_assignments(args.set))
+    for name in forbidden:
+        if name in values:
+            from detgan.utils import DetganError
+
+            raise DetganError(f"set {name} with --{name}, not in the config overrides")
+    return values

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detgan.cli._common import add_output, add_runtime, add_seed
-from detgan.config import load_config_file, parse_assignments
+from detgan.cli._common import add_output, add_overrides, add_runtime, add_seed, read_overrides
 from detgan.io.native import open_h5, read_arrays, read_attrs
 from detgan.sim.airshower import PRESETS, VARIANTS, make_config
 from detgan.sim.run import write_airshower_file
@@ -40,13 +39,7 @@ def register(commands, groups) -> None:
     p.add_argument("-n", "--events", type=int, required=True, help="number of events")
     add_seed(p)
     add_output(p, "output HDF5 file")
-    p.add_argument("--config", help="JSON or TOML file of parameter overrides")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="NAME=VALUE",
-        help="override one parameter, e.g. --set s0=800 (repeatable)",
-    )
+    add_overrides(p, "parameter", "s0=800")
     p.add_argument(
         "--store-components",
         action="store_true",
@@ -118,11 +111,7 @@ def register(commands, groups) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    values = load_config_file(args.config) if args.config else {}
-    values.update(parse_assignments(args.set))
-    for name in ("preset", "variant"):
-        if name in values:
-            raise DetganError(f"set {name} with --{name}, not in the config overrides")
+    values = read_overrides(args, "preset", "variant")
     if args.store_components:
         values["store_components"] = True
     if args.float16:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from detgan.cli._common import add_output, add_seed
-from detgan.config import load_config_file, parse_assignments
+from detgan.cli._common import add_output, add_overrides, add_seed, read_overrides
 from detgan.io.showers import (
     FORMATS,
     count_events,
@@ -53,13 +52,7 @@ def register(commands, groups) -> None:
         help="primary particle (default: the geometry's)",
     )
     p.add_argument("--energy", type=float, help="fixed incident energy in GeV")
-    p.add_argument("--config", help="JSON or TOML file of CaloSimConfig settings")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="NAME=VALUE",
-        help="override one setting, e.g. --set max_spots=5000 (repeatable)",
-    )
+    add_overrides(p, "CaloSimConfig", "max_spots=5000")
     p.add_argument("--batch-size", type=int, help="showers per batch (default: 1000)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -97,10 +90,7 @@ def register(commands, groups) -> None:
 
 
 def _sim_config(args: argparse.Namespace) -> CaloSimConfig:
-    values = load_config_file(args.config) if args.config else {}
-    values.update(parse_assignments(args.set))
-    if "geometry" in values:
-        raise DetganError("set the geometry with --geometry, not in the config overrides")
+    values = read_overrides(args, "geometry")
     values["geometry"] = args.geometry
     if args.particle:
         values["particle"] = args.particle
