@@ -1,0 +1,321 @@
+"""Calorimeter WGAN networks: the dense energy-sharing WGAN of [K], the conditional convolutional
+WGAN with embedded regressor of [C18] and a conditional WGAN for CaloChallenge voxel files.
+
+All networks return per-event outputs; losses live in :mod:`detgan.losses` and the training
+problems in :mod:`detgan.studies.calo`. References:
+
+- [K] P. Klein, *WGANs for simulation of e.m. showers in the ATLAS calorimeter* (CERN report):
+  ``paper_methods.md`` §4.
+- [C18] V. Chekalina et al., arXiv:1812.01319 (LHCb ECAL): ``paper_methods.md`` §5.
+- [GP17] I. Gulrajani et al., arXiv:1704.00028 (gradient penalty: no batch normalisation in
+  any critic here).
+- CaloChallenge 2022, arXiv:2410.21611 (voxel files, any binning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from detgan.config import Config, require
+
+__all__ = [
+    "MODEL_KINDS",
+    "DenseCaloConfig",
+    "LHCbConvConfig",
+    "CaloChallengeModelConfig",
+    "mlp",
+    "DenseCaloGenerator",
+    "DenseCaloCritic",
+    "LHCbConvGenerator",
+    "LHCbRegressor",
+    "LHCbConvCritic",
+    "CaloChallengeGenerator",
+    "CaloChallengeCritic",
+    "model_config_class",
+    "build_calo_models",
+]
+
+MODEL_KINDS = ("dense", "lhcb-conv", "calochallenge")
+LHCB_SIDE = 30  # the 30×30 image of [C18]
+LHCB_CONDITIONS = 5  # (p_x, p_y, p_z, x, y)
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseCaloConfig(Config):
+    """Dense WGAN of [K]: ``depth`` hidden layers of ``hidden`` units (LeakyReLU ``leaky_slope``)
+    in generator and critic, ``latent_dim`` Gaussian inputs. Paper: 100, 128, 3."""
+
+    latent_dim: int = 100
+    hidden: int = 128
+    depth: int = 3
+    leaky_slope: float = 0.2
+
+    def validate(self) -> None:
+        require(self.latent_dim >= 1, "latent_dim must be at least 1")
+        require(self.hidden >= 1 and self.depth >= 1, "hidden and depth must be at least 1")
+        require(0 <= self.leaky_slope < 1, "leaky_slope must lie in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LHCbConvConfig(Config):
+    """Convolutional WGAN of [C18]: ``latent_dim`` noise variables (paper 512); ``channels`` is
+    the width of the 4×4 stage (paper 256; the later stages halve it: 128, 64, 32)."""
+
+    latent_dim: int = 512
+    channels: int = 256
+    leaky_slope: float = 0.2
+
+    def validate(self) -> None:
+        require(self.latent_dim >= 1, "latent_dim must be at least 1")
+        require(self.channels >= 8, "channels must be at least 8 (it is halved three times)")
+        require(0 <= self.leaky_slope < 1, "leaky_slope must lie in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaloChallengeModelConfig(Config):
+    """Conditional WGAN for CaloChallenge voxels (any binning). ``per_layer``: energy is shared
+    hierarchically (layer energies, then a softmax within each layer) instead of one softmax over
+    all voxels. ``frac_scale`` s: the critic sees log(1 + (E_voxel/E_inc)/s)."""
+
+    latent_dim: int = 64
+    hidden: int = 256
+    depth: int = 3
+    per_layer: bool = True
+    frac_scale: float = 1e-4
+    leaky_slope: float = 0.2
+
+    def validate(self) -> None:
+        require(self.latent_dim >= 1, "latent_dim must be at least 1")
+        require(self.hidden >= 1 and self.depth >= 1, "hidden and depth must be at least 1")
+        require(self.frac_scale > 0, "frac_scale must be positive")
+        require(0 <= self.leaky_slope < 1, "leaky_slope must lie in [0, 1)")
+
+
+def mlp(n_in: int, hidden: int, depth: int, n_out: int, slope: float = 0.2) -> nn.Sequential:
+    """``depth`` × (Linear(·, hidden), LeakyReLU(slope)), then Linear(hidden, n_out)."""
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.LeakyReLU(slope)]
+        width = hidden
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+def _as_2d(y: Tensor) -> Tensor:
+    return y.reshape(len(y), -1)
+
+
+# ------------------------------------------------------------------------------------- [K]
+class DenseCaloGenerator(nn.Module):
+    """Dense generator of [K]: (z (N, L), y (N, C)) → energy fractions (N, V), rows sum to 1.
+
+    f = softmax(MLP([z, y])); the shower is E · f with E the conditional (total cluster)
+    energy, so energy is conserved exactly by construction. Thresholds are applied after
+    generation, as for the reference.
+    """
+
+    def __init__(self, n_cells: int, config: DenseCaloConfig, n_conditions: int = 1) -> None:
+        super().__init__()
+        self.noise_dim, self.n_cells = config.latent_dim, n_cells
+        c = config
+        self.net = mlp(c.latent_dim + n_conditions, c.hidden, c.depth, n_cells, c.leaky_slope)
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        return torch.softmax(self.net(torch.cat([z, _as_2d(y)], 1)), dim=1)
+
+
+class DenseCaloCritic(nn.Module):
+    """Dense critic of [K]: (x (N, V) fractions, y (N, C)) → (N,) scores, linear output."""
+
+    def __init__(self, n_cells: int, config: DenseCaloConfig, n_conditions: int = 1) -> None:
+        super().__init__()
+        c = config
+        self.net = mlp(n_cells + n_conditions, c.hidden, c.depth, 1, c.leaky_slope)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.net(torch.cat([x.reshape(len(x), -1), _as_2d(y)], 1)).squeeze(1)
+
+
+# ------------------------------------------------------------------------------------ [C18]
+class LHCbConvGenerator(nn.Module):
+    """Generator of [C18]: (z (N, L), y (N, 5)) → (N, 30, 30) image in network units.
+
+    Dense([z, y]) → (c, 4, 4) → ConvT to (c/2, 8, 8), (c/4, 16, 16), (c/8, 32, 32), ReLU →
+    3×3 conv to one map (linear: the target is Box-Cox + standardised) → centre crop 30×30.
+    """
+
+    def __init__(self, config: LHCbConvConfig, n_conditions: int = LHCB_CONDITIONS) -> None:
+        super().__init__()
+        c = config.channels
+        self.noise_dim, self.channels = config.latent_dim, c
+        self.dense = nn.Linear(config.latent_dim + n_conditions, c * 16)
+        ups: list[nn.Module] = []
+        for k in range(3):
+            ups += [nn.ConvTranspose2d(c >> k, c >> (k + 1), 4, stride=2, padding=1), nn.ReLU()]
+        self.up = nn.Sequential(*ups, nn.Conv2d(c >> 3, 1, 3, padding=1))
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        h = F.relu(self.dense(torch.cat([z, _as_2d(y)], 1))).view(-1, self.channels, 4, 4)
+        return self.up(h)[:, 0, 1:31, 1:31]
+
+
+class _ConvEncoder(nn.Module):
+    """The mirror of the generator: (N, 30, 30) → padded (1, 32, 32) → 3 strided convs →
+    (N, c·16) features, LeakyReLU, no normalisation (gradient penalty, [GP17])."""
+
+    def __init__(self, channels: int, slope: float) -> None:
+        super().__init__()
+        c = channels
+        layers: list[nn.Module] = [nn.Conv2d(1, c >> 3, 3, padding=1), nn.LeakyReLU(slope)]
+        for k in (3, 2, 1):
+            layers += [nn.Conv2d(c >> k, c >> (k - 1), 4, stride=2, padding=1), nn.LeakyReLU(slope)]
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.n_features = c * 16
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(F.pad(x.reshape(-1, 1, LHCB_SIDE, LHCB_SIDE), (1, 1, 1, 1)))
+
+
+class LHCbRegressor(nn.Module):
+    """Regressor of [C18] with the critic's architecture: (N, 30, 30) → (N, 5) conditions
+    (standardised). Pre-trained on real images, then embedded frozen in the critic."""
+
+    def __init__(self, config: LHCbConvConfig, n_conditions: int = LHCB_CONDITIONS) -> None:
+        super().__init__()
+        self.encoder = _ConvEncoder(config.channels, config.leaky_slope)
+        self.head = nn.Linear(self.encoder.n_features, n_conditions)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))
+
+
+class LHCbConvCritic(nn.Module):
+    """Critic of [C18]: (x (N, 30, 30), y (N, 5)) → (N,) scores.
+
+    f(x, y) = head([φ(x), y, R(x), y − R(x)]) with φ the mirror-image encoder and R the
+    embedded, frozen pre-trained regressor: the critic's gradient with respect to x then carries
+    how far the image's apparent conditions R(x) are from the requested ones y. R never
+    trains here: ``requires_grad_`` and ``train`` keep it frozen and in eval mode (its weights
+    still get saved with the critic, and gradients still flow through it to x).
+    """
+
+    def __init__(
+        self,
+        config: LHCbConvConfig,
+        regressor: LHCbRegressor | None = None,
+        n_conditions: int = LHCB_CONDITIONS,
+    ) -> None:
+        super().__init__()
+        self.encoder = _ConvEncoder(config.channels, config.leaky_slope)
+        self.regressor = regressor if regressor is not None else LHCbRegressor(config, n_conditions)
+        self.head = nn.Sequential(
+            nn.Linear(self.encoder.n_features + 3 * n_conditions, 64),
+            nn.LeakyReLU(config.leaky_slope),
+            nn.Linear(64, 1),
+        )
+        self.regressor.requires_grad_(False).eval()
+
+    def requires_grad_(self, requires_grad: bool = True) -> LHCbConvCritic:
+        super().requires_grad_(requires_grad)
+        self.regressor.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True) -> LHCbConvCritic:
+        super().train(mode)
+        self.regressor.eval()
+        return self
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        y = _as_2d(y)
+        r = self.regressor(x)
+        return self.head(torch.cat([self.encoder(x), y, r, y - r], 1)).squeeze(1)
+
+
+# ------------------------------------------------------------------------------ CaloChallenge
+class CaloChallengeGenerator(nn.Module):
+    """(z (N, L), y (N, 1) standardised log E_inc) → voxel fractions E_voxel/E_inc (N, V) ≥ 0.
+
+    Energy sharing in the spirit of [K]: with ``per_layer`` the trunk predicts each layer's
+    fraction of E_inc, r_l = softplus(a_l), and a softmax within the layer shares it among its
+    voxels; otherwise one total fraction r = softplus(a) is shared by a softmax over all voxels.
+    ``layer_sizes`` are the voxel counts of the non-empty layers in flat order (any binning).
+    """
+
+    def __init__(self, layer_sizes: Sequence[int], config: CaloChallengeModelConfig) -> None:
+        super().__init__()
+        c = config
+        self.noise_dim, self.layer_sizes = c.latent_dim, [int(n) for n in layer_sizes]
+        self.per_layer = c.per_layer
+        n_cells = sum(self.layer_sizes)
+        n_resp = len(self.layer_sizes) if c.per_layer else 1
+        self.trunk = mlp(c.latent_dim + 1, c.hidden, c.depth - 1, c.hidden, c.leaky_slope)
+        self.act = nn.LeakyReLU(c.leaky_slope)
+        self.logits = nn.Linear(c.hidden, n_cells)
+        self.response = nn.Linear(c.hidden, n_resp)
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        h = self.act(self.trunk(torch.cat([z, _as_2d(y)], 1)))
+        logits, resp = self.logits(h), F.softplus(self.response(h))
+        if not self.per_layer:
+            return torch.softmax(logits, 1) * resp
+        parts = torch.split(logits, self.layer_sizes, dim=1)
+        return torch.cat([torch.softmax(p, 1) * resp[:, k : k + 1] for k, p in enumerate(parts)], 1)
+
+
+class CaloChallengeCritic(nn.Module):
+    """(x (N, V) = log(1 + fraction/s), y (N, 1)) → (N,) scores; the critic also sees the
+    per-layer sums of x so that layer energies need not be learnt from the voxels."""
+
+    def __init__(self, layer_sizes: Sequence[int], config: CaloChallengeModelConfig) -> None:
+        super().__init__()
+        c = config
+        self.layer_sizes = [int(n) for n in layer_sizes]
+        n_in = sum(self.layer_sizes) + len(self.layer_sizes) + 1
+        self.net = mlp(n_in, c.hidden, c.depth, 1, c.leaky_slope)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        sums = torch.stack([p.sum(1) for p in torch.split(x, self.layer_sizes, dim=1)], 1)
+        return self.net(torch.cat([x, sums, _as_2d(y)], 1)).squeeze(1)
+
+
+# ------------------------------------------------------------------------------------ factory
+_CONFIGS: dict[str, type[Config]] = {
+    "dense": DenseCaloConfig,
+    "lhcb-conv": LHCbConvConfig,
+    "calochallenge": CaloChallengeModelConfig,
+}
+
+
+def model_config_class(kind: str) -> type[Config]:
+    """The config class of a model kind (``dense``, ``lhcb-conv``, ``calochallenge``)."""
+    require(kind in _CONFIGS, f"model '{kind}' unknown; use one of {', '.join(MODEL_KINDS)}")
+    return _CONFIGS[kind]
+
+
+def build_calo_models(
+    kind: str, config: Config, layer_sizes: Sequence[int] = ()
+) -> dict[str, nn.Module]:
+    """``generator`` and ``critic`` (and, for ``lhcb-conv``, the ``regressor`` that is the
+    critic's embedded submodule). ``layer_sizes``: cells per layer (dense: only the sum
+    matters; lhcb-conv: ignored)."""
+    model_config_class(kind)
+    if kind == "dense":
+        n = int(sum(layer_sizes))
+        return {"generator": DenseCaloGenerator(n, config), "critic": DenseCaloCritic(n, config)}
+    if kind == "lhcb-conv":
+        regressor = LHCbRegressor(config)
+        return {
+            "generator": LHCbConvGenerator(config),
+            "critic": LHCbConvCritic(config, regressor),
+            "regressor": regressor,
+        }
+    return {
+        "generator": CaloChallengeGenerator(layer_sizes, config),
+        "critic": CaloChallengeCritic(layer_sizes, config),
+    }

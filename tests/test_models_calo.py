@@ -1,0 +1,126 @@
+"""Calorimeter WGAN networks: shapes, gradients, energy sharing, frozen embedded regressor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detgan import losses
+from detgan.models.calo import (
+    CaloChallengeModelConfig,
+    DenseCaloConfig,
+    LHCbConvConfig,
+    build_calo_models,
+    model_config_class,
+)
+from detgan.train import AdversarialProblem, TrainConfig, Trainer
+from detgan.utils import DetganError
+
+ATLAS_SIZES = (21, 48, 6, 14)
+SMALL_CONV = LHCbConvConfig(latent_dim=16, channels=16)
+CC_SIZES = (8, 160, 190, 5, 5)  # dataset 1-photons: 368 voxels in 5 non-empty layers
+
+
+def _inputs(kind: str, n: int = 6):
+    g = torch.Generator().manual_seed(0)
+    if kind == "dense":
+        models = build_calo_models("dense", DenseCaloConfig(latent_dim=10, hidden=32), ATLAS_SIZES)
+        x, y = torch.rand(n, 89, generator=g), torch.randn(n, 1, generator=g)
+    elif kind == "lhcb-conv":
+        models = build_calo_models("lhcb-conv", SMALL_CONV)
+        x, y = torch.randn(n, 30, 30, generator=g), torch.randn(n, 5, generator=g)
+    else:
+        models = build_calo_models("calochallenge", CaloChallengeModelConfig(hidden=32), CC_SIZES)
+        x, y = torch.rand(n, 368, generator=g), torch.randn(n, 1, generator=g)
+    z = torch.randn(n, models["generator"].noise_dim, generator=g)
+    return models, z, x, y
+
+
+@pytest.mark.parametrize(
+    "kind,shape", [("dense", (6, 89)), ("lhcb-conv", (6, 30, 30)), ("calochallenge", (6, 368))]
+)
+def test_shapes(kind, shape):
+    models, z, x, y = _inputs(kind)
+    assert models["generator"](z, y).shape == shape
+    assert models["critic"](x, y).shape == (6,)
+
+
+@pytest.mark.parametrize("kind", ["dense", "lhcb-conv", "calochallenge"])
+def test_every_trainable_parameter_gets_a_gradient(kind):
+    models, z, x, y = _inputs(kind)
+    fake = models["generator"](z, y)
+    score = models["critic"](fake, y).sum() + models["critic"](x, y).sum()
+    score.backward()
+    for name in ("generator", "critic"):
+        for pname, p in models[name].named_parameters():
+            if not p.requires_grad:
+                assert pname.startswith("regressor."), pname
+                continue
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+
+
+def test_regressor_gets_gradient_when_pretrained():
+    _, _, x, y = _inputs("lhcb-conv")
+    reg = build_calo_models("lhcb-conv", SMALL_CONV)["regressor"].requires_grad_(True)
+    losses.regression_loss(y, reg(x)).backward()
+    assert all(p.grad is not None for p in reg.parameters())
+
+
+def test_dense_softmax_conserves_energy():
+    models, z, _, y = _inputs("dense", n=64)
+    frac = models["generator"](z, y)
+    energy = torch.linspace(1e4, 3e5, 64)
+    cells = frac * energy[:, None]
+    assert (frac >= 0).all()
+    torch.testing.assert_close(cells.sum(1), energy, rtol=1e-5, atol=0.0)
+
+
+def test_calochallenge_per_layer_sharing_gives_layer_energies():
+    cfg = CaloChallengeModelConfig(hidden=32, per_layer=True)
+    gen = build_calo_models("calochallenge", cfg, CC_SIZES)["generator"]
+    z, y = torch.randn(5, cfg.latent_dim), torch.randn(5, 1)
+    frac = gen(z, y)
+    h = gen.act(gen.trunk(torch.cat([z, y], 1)))
+    resp = torch.nn.functional.softplus(gen.response(h))
+    per_layer = torch.stack([p.sum(1) for p in torch.split(frac, list(CC_SIZES), 1)], 1)
+    torch.testing.assert_close(per_layer, resp)
+    assert (frac >= 0).all()
+
+
+def test_embedded_regressor_stays_frozen_in_training():
+    torch.manual_seed(0)
+    models = build_calo_models("lhcb-conv", SMALL_CONV)
+    before = {k: v.clone() for k, v in models["regressor"].state_dict().items()}
+    x, y = torch.randn(32, 30, 30), torch.randn(32, 5)
+
+    def sample_real(n, rng):
+        idx = torch.randint(32, (n,), generator=rng)
+        return {"x": x[idx], "y": y[idx]}
+
+    def sample_fake(gen, batch, rng):
+        z = torch.randn(len(batch["y"]), gen.noise_dim, generator=rng)
+        return gen(z, batch["y"]), batch["y"]
+
+    problem = AdversarialProblem(sample_real, sample_fake, lambda c, u, lab: c(u, lab))
+    cfg = TrainConfig(iterations=2, n_critic=2, batch_size=8)
+    critic = models["critic"]
+    trainer = Trainer(
+        {"generator": models["generator"], "critic": critic}, problem, cfg, progress=False
+    )
+    trainer.run()
+    for k, v in models["regressor"].state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not any(p.requires_grad for p in critic.regressor.parameters())
+    assert critic.training and not critic.regressor.training
+    assert critic.regressor is models["regressor"]
+    assert any(k.startswith("regressor.") for k in critic.state_dict())
+
+
+def test_unknown_model_kind_is_a_one_line_error():
+    with pytest.raises(DetganError, match="model 'conv' unknown; use one of dense, lhcb-conv"):
+        model_config_class("conv")
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(DetganError, match="channels must be at least 8"):
+        LHCbConvConfig(channels=4)
