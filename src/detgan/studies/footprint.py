@@ -767,11 +767,17 @@ def _fig_losses(path: Path, history: list[dict[str, float]]) -> bool:
     width = max(1, len(step) // 100)
     for i, name, values in series:
         v = np.asarray(values, dtype=float)
-        smooth = np.convolve(v, np.ones(width) / width, mode="same") if width > 1 else v
+        smooth = np.convolve(v, np.ones(width) / width, mode="valid")
         axes[i].plot(step, v, alpha=0.25, lw=0.5)
-        axes[i].plot(step, smooth, label=name)
+        axes[i].plot(step[width - 1 :], smooth, label=name)
         axes[i].legend()
         axes[i].set_xlabel("generator iteration")
+    late = [np.asarray(series[0][2], dtype=float), np.asarray(series[1][2], dtype=float)]
+    start = len(step) // 50  # the first 2 % of training would dwarf the rest of panel (a)
+    lo = min(np.nanmin(a[start:]) for a in late)
+    hi = max(np.nanmax(a[start:]) for a in late)
+    if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+        axes[0].set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")
     fig.savefig(path, dpi=110)
