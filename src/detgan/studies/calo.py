@@ -1,0 +1,618 @@
+"""Calorimeter WGANs end to end: presets, training, generation to the training file's format, study.
+
+Three models of :mod:`detgan.models.calo` on the trainer of :mod:`detgan.train`:
+
+- ``dense`` [K] (``paper_methods.md`` §4): cells (thresholded) divided by the cluster's total
+  energy E_tot; condition standardised log10 E_tot; softmax energy sharing; optional sparsity
+  term; thresholds applied after generation. Events with E_tot above ``max_total_energy`` are
+  dropped from training (the paper: 300 GeV).
+- ``lhcb-conv`` [C18, arXiv:1812.01319] (§5): 30×30 images, Box-Cox + standardised; 5
+  standardised conditions (p_x, p_y, p_z, x, y); a regressor pre-trained on the real images is
+  embedded, frozen, in the critic.
+- ``calochallenge`` (arXiv:2410.21611): any CaloChallenge binning; condition standardised
+  log10 E_inc; voxel fractions of E_inc by (per-layer) energy sharing; E_min after generation.
+
+A run directory holds ``checkpoint.pt``, ``history.jsonl`` and ``config.json`` (with
+``model_kind``, which ``detgan generate`` dispatches on). Functions for scripts::
+
+    train_calo(setup, data_path, run_dir, *, device="cpu", resume=False, ...)
+    load_calo_model(run_dir, device="cpu") -> CaloModel
+    generate_calo(run_dir, n, energy_spec, seed, out, *, device="cpu", overwrite=False)
+    run_calo_study(run_dir, reference, out_dir, *, n_events=10000, seed=0, ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from detgan import __version__
+from detgan.config import Config, pick_preset, require
+from detgan.io.showers import Showers, detect_format, load_showers, save_showers
+from detgan.models.calo import MODEL_KINDS, build_calo_models, model_config_class
+from detgan.sim.geometry import layout_from_dict
+from detgan.studies.footprint import _prepare_run_dir
+from detgan.train import AdversarialProblem, TrainConfig, Trainer, load_checkpoint
+from detgan.transforms import BoxCox, Chain, Standardise, Transform, transform_from_state
+from detgan.utils import DetganError, resolve_device
+
+__all__ = [
+    "CaloDataConfig",
+    "CaloSetup",
+    "CALO_PRESETS",
+    "calo_preset",
+    "is_calo_run",
+    "train_calo",
+    "CaloModel",
+    "load_calo_model",
+    "conditions_from_spec",
+    "generate_calo",
+    "run_calo_study",
+]
+
+CONFIG_NAME = "config.json"
+ATLAS_THRESHOLDS = {"middle": 200.0, "strip": 60.0, "presampler": 120.0, "back": 200.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class CaloDataConfig(Config):
+    """Data settings. ``epochs`` > 0 sets iterations = ⌈epochs·N/(batch·n_critic)⌉;
+    ``max_events`` > 0 caps the sample; ``max_total_energy`` > 0 (MeV, dense) drops events with
+    a larger cluster energy; ``sparsity_weight`` (dense) weights Σ√f of the generated fractions
+    (the L1 norm of a softmax is identically 1, so [K]'s L1 term is applied as this L½ term);
+    ``regressor_steps``/``regressor_lr`` (lhcb-conv) pre-train the embedded regressor;
+    ``boxcox_shift`` (MeV, lhcb-conv) is added before the Box-Cox transform."""
+
+    epochs: float = 0.0
+    max_events: int = 0
+    max_total_energy: float = 0.0
+    sparsity_weight: float = 0.0
+    regressor_steps: int = 0
+    regressor_lr: float = 1e-3
+    boxcox_shift: float = 1.0
+
+    def validate(self) -> None:
+        require(self.epochs >= 0, "epochs must be >= 0 (0: use iterations)")
+        require(self.max_events >= 0, "max_events must be >= 0 (0: all events)")
+        require(self.max_total_energy >= 0, "max_total_energy must be >= 0 (0: no cut)")
+        require(self.sparsity_weight >= 0, "sparsity_weight must be >= 0")
+        require(self.regressor_steps >= 0, "regressor_steps must be >= 0")
+        require(self.regressor_lr > 0, "regressor_lr must be positive")
+        require(self.boxcox_shift > 0, "boxcox_shift must be positive (MeV)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaloSetup:
+    """Model kind plus the three configs of a calorimeter run; stored in every checkpoint."""
+
+    model_kind: str
+    model: Config
+    train: TrainConfig
+    data: CaloDataConfig
+
+    def to_json(self) -> str:
+        parts = {k: json.loads(getattr(self, k).to_json()) for k in ("model", "train", "data")}
+        return json.dumps({"model_kind": self.model_kind, **parts}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CaloSetup:
+        d = json.loads(text)
+        kind = d["model_kind"]
+        return cls(
+            kind,
+            model_config_class(kind).from_dict(d["model"]),
+            TrainConfig.from_dict(d["train"]),
+            CaloDataConfig.from_dict(d["data"]),
+        )
+
+    def with_overrides(self, values: dict[str, Any]) -> CaloSetup:
+        parts: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "data": {}}
+        for name, value in values.items():
+            owner = [k for k in parts if name in getattr(self, k).field_names()]
+            if not owner:
+                valid = sorted(n for k in parts for n in getattr(self, k).field_names())
+                raise DetganError(f"unknown setting '{name}'; valid settings: {', '.join(valid)}")
+            parts[owner[0]][name] = value
+        new = {k: getattr(self, k).replace(**parts[k]) for k in parts}
+        return CaloSetup(self.model_kind, **new)
+
+
+def _train(iterations: int, batch: int, lr: float, epochs: float = 0.0, **kw: Any) -> TrainConfig:
+    return TrainConfig(
+        iterations=iterations,
+        batch_size=batch,
+        lr_generator=lr,
+        lr_critic=lr,
+        decay_generator=0.0,
+        decay_critic=0.0,
+        checkpoint_every=kw.pop("checkpoint_every", 500),
+        **kw,
+    )
+
+
+def _presets() -> dict[str, dict[str, CaloSetup]]:
+    dense, conv = model_config_class("dense"), model_config_class("lhcb-conv")
+    cc = model_config_class("calochallenge")
+    k_data = CaloDataConfig(max_total_energy=300e3)  # [K]: events above 300 GeV dropped
+    c_data = CaloDataConfig(regressor_steps=300)
+    return {
+        "dense": {  # [K]: 100 latent, 3 × 128, λ = 10, n_critic = 5, 1000 epochs
+            "paper": CaloSetup("dense", dense(), _train(1, 128, 1e-4), k_data.replace(epochs=1000)),
+            "full": CaloSetup("dense", dense(), _train(1, 256, 2e-4), k_data.replace(epochs=200)),
+            "quick": CaloSetup("dense", dense(), _train(3000, 128, 2e-4), k_data),
+        },
+        "lhcb-conv": {  # [C18]: 512 latent, 256·4·4 start, 3000 epochs
+            "paper": CaloSetup(
+                "lhcb-conv", conv(), _train(1, 64, 1e-4),
+                c_data.replace(epochs=3000, regressor_steps=3000),
+            ),
+            "full": CaloSetup(
+                "lhcb-conv", conv(channels=128, latent_dim=128), _train(1, 64, 2e-4),
+                c_data.replace(epochs=100, regressor_steps=2000),
+            ),
+            "quick": CaloSetup(
+                "lhcb-conv", conv(channels=32, latent_dim=64), _train(600, 64, 2e-4), c_data
+            ),
+        },
+        "calochallenge": {  # no published reference: 'paper' is the largest of our designs
+            "paper": CaloSetup(
+                "calochallenge", cc(latent_dim=128, hidden=1024), _train(1, 256, 1e-4),
+                CaloDataConfig(epochs=500),
+            ),
+            "full": CaloSetup(
+                "calochallenge", cc(hidden=512), _train(1, 256, 2e-4), CaloDataConfig(epochs=100)
+            ),
+            "quick": CaloSetup("calochallenge", cc(), _train(2000, 128, 2e-4), CaloDataConfig()),
+        },
+    }  # fmt: skip
+
+
+#: Named presets per model kind: ``paper``, ``full`` and ``quick`` (≤ 20 min on 2 cores).
+CALO_PRESETS: dict[str, dict[str, CaloSetup]] = _presets()
+
+
+def calo_preset(model_kind: str, name: str) -> CaloSetup:
+    """The preset ``name`` (``paper``, ``full``, ``quick``) of a model kind."""
+    model_config_class(model_kind)
+    return pick_preset(CALO_PRESETS[model_kind], name, f"{model_kind} preset")
+
+
+def is_calo_run(run_dir: str | os.PathLike) -> bool:
+    """True when ``RUN/config.json`` names a calorimeter model kind (no torch needed)."""
+    try:
+        return (
+            json.loads((Path(run_dir) / CONFIG_NAME).read_text()).get("model_kind") in MODEL_KINDS
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# --------------------------------------------------------------------------- data preparation
+def _cell_thresholds(layout: Any) -> np.ndarray:
+    """(V,) per-cell thresholds: ATLAS noise thresholds (§1.4) by layer, CaloChallenge E_min."""
+    if getattr(layout, "kind", "") == "calochallenge":
+        return np.full(layout.n_cells, float(layout.e_min))
+    out = np.zeros(layout.n_cells)
+    if str(getattr(layout, "name", "")).startswith("atlas"):
+        for k, name in enumerate(layout.layer_names):
+            out[layout.layer_slice(k)] = ATLAS_THRESHOLDS.get(name, 0.0)
+    return out
+
+
+def _threshold(cells: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    return np.where(cells < thresholds, 0.0, cells)
+
+
+def _layer_sizes(layout: Any) -> list[int]:
+    return [
+        layout.layer_slice(k).stop - layout.layer_slice(k).start for k in layout.relevant_layers
+    ]
+
+
+def _lhcb_conditions(showers: Showers) -> np.ndarray:
+    """(N, 5) = (p_x, p_y, p_z) MeV and face point (x, y) mm."""
+    c = showers.conditions
+    if "momentum" not in c or "point" not in c:
+        raise DetganError(
+            "lhcb-conv needs 'momentum' and 'point' conditions; use an LHCb .npz file"
+        )
+    return np.concatenate([c["momentum"][:, :3], c["point"][:, :2]], 1).astype(np.float64)
+
+
+def _condition(kind: str, showers: Showers, thresholds: np.ndarray) -> np.ndarray:
+    """The raw condition per event: E_tot (dense), 5 LHCb conditions, E_inc (calochallenge)."""
+    if kind == "dense":
+        return _threshold(np.asarray(showers.cells, np.float64), thresholds).sum(1)
+    if kind == "lhcb-conv":
+        return _lhcb_conditions(showers)
+    return np.asarray(showers.energy, np.float64)
+
+
+def _fit_boxcox(cells: np.ndarray, shift: float, limit: int = 20_000) -> BoxCox:
+    """Box-Cox λ from (a subsample of) the non-zero cells, clipped to λ ≥ 0: a negative λ
+    bounds the transformed range, so generated values beyond 1/|λ| would have no inverse."""
+    nz = cells[cells > 0]
+    nz = nz[:: max(1, nz.size // limit)] if nz.size else np.ones(1)
+    fitted = BoxCox(shift=shift).fit(torch.from_numpy(np.ascontiguousarray(nz)))
+    return BoxCox(lam=max(0.0, float(fitted.lam)), shift=shift)
+
+
+def _fit_transforms(kind: str, cells: np.ndarray, cond: np.ndarray, data: CaloDataConfig):
+    if kind == "lhcb-conv":
+        cell_t = Chain(_fit_boxcox(cells, data.boxcox_shift), Standardise(scalar=True))
+        cell_t.parts[1].fit(cell_t.parts[0].forward(torch.from_numpy(cells.reshape(-1))))
+        return {"cells": cell_t, "label": Standardise().fit(torch.from_numpy(cond))}
+    label = Standardise(scalar=True).fit(torch.from_numpy(np.log10(cond)))
+    return {"label": label}
+
+
+def _label(kind: str, transforms: dict[str, Transform], cond: np.ndarray) -> Tensor:
+    """Network label (N, C) float32 from raw conditions."""
+    c = torch.as_tensor(cond, dtype=torch.float64)
+    if kind != "lhcb-conv":
+        c = torch.log10(c)
+    return transforms["label"].forward(c).float().reshape(len(cond), -1)
+
+
+def _to_net(kind: str, setup: CaloSetup, transforms, cells: np.ndarray, cond: np.ndarray) -> Tensor:
+    """Real events in network units: fractions (dense), images (lhcb), log fractions (cc)."""
+    if kind == "dense":
+        return torch.from_numpy(cells / cond[:, None]).float()
+    if kind == "lhcb-conv":
+        return transforms["cells"].forward(torch.from_numpy(cells)).float().reshape(-1, 30, 30)
+    frac = torch.from_numpy(cells / cond[:, None]).float()
+    return torch.log1p(frac / setup.model.frac_scale)
+
+
+def _fake_to_net(kind: str, setup: CaloSetup) -> Any:
+    if kind == "calochallenge":
+        s = setup.model.frac_scale
+        return lambda out: torch.log1p(out / s)
+    return lambda out: out
+
+
+def _load_training(path: str | os.PathLike, setup: CaloSetup, max_events: int):
+    showers = load_showers(path, stop=max_events or None)
+    kind, layout = setup.model_kind, showers.layout
+    _check_layout(kind, layout, path)
+    thresholds = _cell_thresholds(layout)
+    cells = _threshold(np.asarray(showers.cells, np.float64), thresholds)
+    cond = _condition(kind, showers, thresholds)
+    keep = np.ones(len(cells), bool)
+    if kind == "dense":
+        keep &= cond > 0
+        if setup.data.max_total_energy > 0:
+            keep &= cond <= setup.data.max_total_energy
+    require(keep.sum() >= 2, f"'{path}' has fewer than 2 usable events for the {kind} model")
+    return showers, cells[keep], cond[keep]
+
+
+def _check_layout(kind: str, layout: Any, path: Any) -> None:
+    is_cc = getattr(layout, "kind", "") == "calochallenge"
+    if kind == "calochallenge":
+        require(is_cc, f"'{path}' is not a CaloChallenge file; use --model dense for grid layouts")
+    if kind == "lhcb-conv":
+        require(
+            getattr(layout, "name", "") == "lhcb-ecal",
+            f"'{path}' is not an LHCb ECAL (30x30) file; --model lhcb-conv needs one",
+        )
+
+
+# ----------------------------------------------------------------------------------- training
+def _problem(kind: str, setup: CaloSetup, x: Tensor, y: Tensor, noise_dim: int):
+    """Real batches drawn with replacement; fakes carry the real batch's labels."""
+    to_net = _fake_to_net(kind, setup)
+
+    def sample_real(n: int, rng: torch.Generator) -> dict[str, Tensor]:
+        idx = torch.randint(len(x), (n,), generator=rng).to(x.device)
+        return {"x": x[idx], "y": y[idx]}
+
+    def sample_fake(gen: nn.Module, batch: dict[str, Tensor], rng: torch.Generator):
+        z = torch.randn(len(batch["y"]), noise_dim, generator=rng).to(x.device)
+        return to_net(gen(z, batch["y"])), batch["y"]
+
+    extra = None
+    if kind == "dense" and setup.data.sparsity_weight > 0:
+        w = setup.data.sparsity_weight
+
+        def extra(fake: Tensor, _batch: dict[str, Tensor]) -> Tensor:
+            return w * torch.sqrt(fake.clamp_min(0) + 1e-12).sum(1).mean()
+
+    return AdversarialProblem(sample_real, sample_fake, lambda c, u, lab: c(u, lab), extra)
+
+
+def pretrain_regressor(
+    regressor: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float, batch: int, seed: int
+) -> float:
+    """[C18] regressor pre-training: ``steps`` Adam updates of E[(y − R(x))²]; refrozen after.
+    Returns the last batch loss (NaN for 0 steps)."""
+    if steps == 0:
+        return float("nan")
+    regressor.requires_grad_(True).train()
+    opt = torch.optim.Adam(regressor.parameters(), lr=lr)
+    rng, loss = torch.Generator().manual_seed(seed + 1), torch.tensor(float("nan"))
+    for _ in range(steps):
+        idx = torch.randint(len(x), (batch,), generator=rng).to(x.device)
+        loss = torch.mean((regressor(x[idx]) - y[idx]) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    regressor.requires_grad_(False).eval()
+    if not math.isfinite(loss.item()):
+        raise DetganError("regressor pre-training diverged; lower regressor_lr")
+    return loss.item()
+
+
+def _resolved(setup: CaloSetup, n: int) -> CaloSetup:
+    t = setup.train
+    if setup.data.epochs <= 0:
+        return setup
+    it = max(1, math.ceil(setup.data.epochs * n / (t.batch_size * t.n_critic)))
+    return dataclasses.replace(setup, train=t.replace(iterations=it))
+
+
+def train_calo(
+    setup: CaloSetup,
+    data_path: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    until: int | None = None,
+) -> Path:
+    """Train a calorimeter WGAN on a showers file (any format :func:`load_showers` reads).
+
+    Writes ``RUN/checkpoint.pt``, ``history.jsonl`` and ``config.json``; ``resume`` continues
+    exactly from the checkpoint (its stored configuration wins). ``until`` stops early at that
+    iteration. Returns the run directory.
+    """
+    run_dir = Path(run_dir)
+    _prepare_run_dir(run_dir, resume, overwrite)
+    dev = resolve_device(device)
+    state = load_checkpoint(run_dir) if resume else None
+    if state is not None:
+        setup = CaloSetup.from_json(state["config_json"])
+    n_max = int(state["extra"]["n_read"]) if state is not None else setup.data.max_events
+    showers, cells, cond = _load_training(data_path, setup, n_max)
+    setup, kind = _resolved(setup, len(cells)), setup.model_kind
+    if state is not None:
+        transforms = {k: transform_from_state(v) for k, v in state["extra"]["transforms"].items()}
+    else:
+        transforms = _fit_transforms(kind, cells, cond, setup.data)
+    x = _to_net(kind, setup, transforms, cells, cond).to(dev)
+    y = _label(kind, transforms, cond).to(dev)
+    with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
+        torch.manual_seed(setup.train.seed)
+        models = build_calo_models(kind, setup.model, _layer_sizes(showers.layout))
+    models = {k: m.to(dev) for k, m in models.items()}
+    extra = {
+        "transforms": {k: t.state_dict() for k, t in transforms.items()},
+        "layout_json": json.dumps(showers.layout.to_dict()),
+        "format": detect_format(data_path),
+        "n_read": len(showers),
+        "n_train": len(cells),
+        "data_path": str(Path(data_path).resolve()),
+        "package_version": __version__,
+    }
+    if state is None and "regressor" in models:
+        d, t = setup.data, setup.train
+        extra["regressor_loss"] = pretrain_regressor(
+            models["regressor"], x, y, d.regressor_steps, d.regressor_lr, t.batch_size, t.seed
+        )
+    noise_dim = models["generator"].noise_dim
+    trainer = Trainer(
+        {"generator": models["generator"], "critic": models["critic"]},
+        _problem(kind, setup, x, y, noise_dim),
+        setup.train,
+        run_dir,
+        config_json=setup.to_json(),
+        extra=extra,
+        progress=progress,
+    )
+    if state is not None:
+        trainer.resume()
+    else:
+        (run_dir / CONFIG_NAME).write_text(json.dumps(json.loads(setup.to_json()), indent=2))
+    trainer.run(until=until)
+    return run_dir
+
+
+# --------------------------------------------------------------------------------- generation
+@dataclasses.dataclass
+class CaloModel:
+    """A trained calorimeter run ready to sample: generator (EMA weights when kept), setup,
+    transforms, the training file's layout and format (in ``extra``) and the iteration."""
+
+    generator: nn.Module
+    setup: CaloSetup
+    transforms: dict[str, Transform]
+    layout: Any
+    extra: dict[str, Any]
+    step: int
+    device: torch.device
+
+    @property
+    def kind(self) -> str:
+        return self.setup.model_kind
+
+    def sample(self, cond: np.ndarray, seed: int = 0, batch_size: int = 4096) -> np.ndarray:
+        """Showers (N, V) MeV, thresholded like the reference, for raw conditions ``cond``:
+        E_tot (N,) MeV (dense), (N, 5) = p (MeV), point (mm) (lhcb-conv), E_inc (N,) MeV."""
+        cond = np.asarray(cond, np.float64)
+        rng = torch.Generator().manual_seed(int(seed))
+        y = _label(self.kind, self.transforms, np.where(cond > 0, cond, 1.0))
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(y), batch_size):
+                yb = y[start : start + batch_size]
+                z = torch.randn(len(yb), self.generator.noise_dim, generator=rng)
+                out.append(self.generator(z.to(self.device), yb.to(self.device)).double().cpu())
+        raw = torch.cat(out)
+        if self.kind == "lhcb-conv":
+            cells = self.transforms["cells"].inverse(raw.reshape(len(raw), -1)).clamp_min(0)
+        else:
+            cells = raw * torch.from_numpy(np.clip(cond, 0, None))[:, None]
+        return _threshold(cells.numpy(), _cell_thresholds(self.layout))
+
+
+def load_calo_model(run_dir: str | os.PathLike, device: str = "cpu") -> CaloModel:
+    """Rebuild the generator of a calorimeter run from ``RUN/checkpoint.pt`` (weights_only)."""
+    dev = resolve_device(device)
+    state = load_checkpoint(run_dir)
+    try:
+        setup = CaloSetup.from_json(state["config_json"])
+    except (KeyError, ValueError):
+        raise DetganError(
+            f"'{run_dir}' is not a calorimeter run; train one with 'detgan train calo'"
+        ) from None
+    extra = state["extra"]
+    layout = layout_from_dict(json.loads(extra["layout_json"]))
+    transforms = {k: transform_from_state(v) for k, v in extra["transforms"].items()}
+    gen = build_calo_models(setup.model_kind, setup.model, _layer_sizes(layout))["generator"]
+    weights = state["models"]
+    gen.load_state_dict(weights.get("generator_ema", weights["generator"]))
+    return CaloModel(gen.to(dev).eval(), setup, transforms, layout, extra, int(state["step"]), dev)
+
+
+def _parse_energy(spec: str, n: int | None, seed: int) -> np.ndarray | None:
+    """Energies (MeV) from ``uniform:LOW,HIGH`` or one VALUE; None when ``spec`` is a file."""
+    if spec.startswith("uniform:"):
+        try:
+            low, high = (float(v) for v in spec[len("uniform:") :].split(","))
+        except ValueError:
+            raise DetganError(
+                f"energy '{spec}' must look like uniform:10000,300000 (MeV)"
+            ) from None
+        require(0 < low < high, f"energy '{spec}' needs 0 < LOW < HIGH (MeV)")
+        require(n is not None and n >= 1, "give the number of events with -n for uniform energies")
+        return np.random.default_rng(seed).uniform(low, high, n)
+    try:
+        value = float(spec)
+    except ValueError:
+        return None
+    require(value > 0 and math.isfinite(value), f"energy {spec} must be a positive number (MeV)")
+    require(n is not None and n >= 1, "give the number of events with -n for a fixed energy")
+    return np.full(n, value)
+
+
+def conditions_from_spec(
+    model: CaloModel, spec: str, n: int | None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(raw conditions for :meth:`CaloModel.sample`, energy (N,) MeV, per-event conditions to
+    write). ``spec``: a showers FILE (its first n events: E_tot / LHCb conditions / E_inc, its
+    incident energies and conditions are carried over), ``uniform:LOW,HIGH`` or VALUE in MeV
+    (E_tot for dense, E_inc for calochallenge)."""
+    spec = str(spec).strip()
+    energy = _parse_energy(spec, n, seed)
+    if energy is not None:
+        require(
+            model.kind != "lhcb-conv",
+            "lhcb-conv runs need 5 conditions per event: give --energy FILE.npz (an LHCb file)",
+        )
+        return energy, energy, {}
+    if not Path(spec).exists():
+        raise DetganError(f"energy '{spec}' is neither a file, uniform:LOW,HIGH nor a number")
+    showers = load_showers(spec, stop=n)
+    require(
+        n is None or n <= len(showers),
+        f"'{spec}' holds only {len(showers)} events; use -n {len(showers)} or fewer",
+    )
+    require(
+        showers.layout.n_cells == model.layout.n_cells,
+        f"'{spec}' has {showers.layout.n_cells} cells per event, the run {model.layout.n_cells}; "
+        "take the conditions from a file of the training geometry",
+    )
+    cond = _condition(model.kind, showers, _cell_thresholds(model.layout))
+    return cond, showers.energy, dict(showers.conditions)
+
+
+def generate_calo(
+    run_dir: str | os.PathLike,
+    n: int | None,
+    energy_spec: str,
+    seed: int,
+    out: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> Path:
+    """Write generated showers to ``out`` in the training file's format (CaloChallenge in →
+    CaloChallenge out, LHCb .npz, detgan native for ATLAS clusters); provenance in attributes."""
+    model = load_calo_model(run_dir, device)
+    cond, energy, conditions = conditions_from_spec(model, energy_spec, n, seed)
+    cells = model.sample(cond, seed).astype(np.float32)
+    showers = Showers(energy, cells, model.layout, conditions, {"source_format": "generated"})
+    attrs = {
+        "generator": f"detgan calo WGAN ({model.kind})",
+        "run_dir": str(run_dir),
+        "step": model.step,
+        "seed": int(seed),
+        "energy_spec": str(energy_spec),
+        "config_json": model.setup.to_json(),
+        "detgan_version": __version__,
+    }
+    return save_showers(showers, out, model.extra["format"], attrs=attrs, overwrite=overwrite)
+
+
+# -------------------------------------------------------------------------------------- study
+def run_calo_study(
+    run_dir: str | os.PathLike,
+    reference: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    n_events: int = 10000,
+    seed: int = 0,
+    device: str = "cpu",
+    overwrite: bool = False,
+    classifier: bool = True,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """The evaluation of [K] (and of [C18] for LHCb runs) on the existing evaluation layer.
+
+    Generates one shower per reference event (first ``n_events``; same conditions), then
+    :func:`detgan.evaluate.evaluate_files` with the training file for the nearest-neighbour
+    check: mean images per layer, per-cell mean/variance, correlation matrix and its MSE, the
+    physics variates of the family (ATLAS §2.4, LHCb §2.3, CaloChallenge §2.1) with
+    separation powers, classifier two-sample test, each next to its reference-vs-reference
+    floor. Writes ``report.html``, ``summary.md``, ``summary.json`` and ``study.json`` to
+    ``out_dir``; returns the summary.
+    """
+    from detgan.evaluate import EvaluationSettings, evaluate_files
+    from detgan.io.showers import count_events
+    from detgan.report import write_report
+
+    model = load_calo_model(run_dir, device)
+    n = min(int(n_events), count_events(reference))
+    train = model.extra.get("data_path")
+    train = train if train and Path(train).is_file() else None
+    if train and Path(train).resolve() == Path(reference).resolve():
+        raise DetganError("--reference is the training file; give a held-out file")
+    suffix = ".npz" if model.extra["format"] == "lhcb" else ".h5"
+    with tempfile.TemporaryDirectory(prefix="detgan-calo-") as tmp:
+        cand = generate_calo(run_dir, n, str(reference), seed, Path(tmp) / f"generated{suffix}",
+                             device=device)  # fmt: skip
+        settings = EvaluationSettings(classifier=classifier, max_events=n, seed=seed)
+        evaluation = evaluate_files(reference, cand, settings, train=train, progress=progress)
+    study = {
+        "run": str(run_dir),
+        "model_kind": model.kind,
+        "step": model.step,
+        "setup": json.loads(model.setup.to_json()),
+        "n_events": n,
+        "seed": int(seed),
+    }
+    evaluation.summary["study"] = study
+    write_report(evaluation, out_dir, overwrite=overwrite,
+                 extra_files={"study.json": json.dumps(study, indent=1)})  # fmt: skip
+    return evaluation.summary

@@ -1,0 +1,153 @@
+"""Calorimeter WGAN runs: training on the trainer, exact resume, generation to the training
+file's format, the generate dispatch, Box-Cox, presets and the study."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from detgan.cli import main
+from detgan.io.showers import load_showers, save_showers
+from detgan.sim.calorimeter import CaloSimConfig, simulate
+from detgan.studies.calo import (
+    CALO_PRESETS,
+    _fit_boxcox,
+    calo_preset,
+    generate_calo,
+    is_calo_run,
+    load_calo_model,
+    run_calo_study,
+    train_calo,
+)
+from detgan.train import load_checkpoint
+from detgan.utils import DetganError
+
+TINY = {
+    "dense": {"latent_dim": 8, "hidden": 16, "iterations": 4, "batch_size": 16},
+    "lhcb-conv": {"latent_dim": 8, "channels": 8, "iterations": 2, "batch_size": 8,
+                  "regressor_steps": 3},
+    "calochallenge": {"latent_dim": 8, "hidden": 16, "iterations": 3, "batch_size": 16},
+}  # fmt: skip
+FILES = {"dense": "atlas.h5", "lhcb-conv": "lhcb.npz", "calochallenge": "cc.h5"}
+GEOMETRY = {
+    "dense": "atlas-cluster",
+    "lhcb-conv": "lhcb-ecal",
+    "calochallenge": "calochallenge-1-photons",
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calo")
+    for kind, geo in GEOMETRY.items():
+        showers = simulate(CaloSimConfig(geometry=geo, batch_size=60), 60, seed=3)
+        save_showers(showers, root / FILES[kind])
+    return root
+
+
+def _setup(kind: str, **extra):
+    return calo_preset(kind, "quick").with_overrides({**TINY[kind], "checkpoint_every": 2, **extra})
+
+
+@pytest.mark.parametrize("kind", ["dense", "lhcb-conv", "calochallenge"])
+def test_train_and_generate_in_the_training_format(kind, data, tmp_path):
+    run = train_calo(_setup(kind), data / FILES[kind], tmp_path / "run", progress=False)
+    assert is_calo_run(run)
+    assert len((run / "history.jsonl").read_text().splitlines()) == TINY[kind]["iterations"]
+    out = tmp_path / ("gen.npz" if kind == "lhcb-conv" else "gen.h5")
+    generate_calo(run, 20, str(data / FILES[kind]), 1, out)
+    ref, gen = load_showers(data / FILES[kind], stop=20), load_showers(out)
+    assert gen.cells.shape == (20, ref.n_cells) and np.isfinite(gen.cells).all()
+    assert gen.meta["source_format"] == ref.meta["source_format"]
+    np.testing.assert_allclose(gen.energy, ref.energy)
+    assert (gen.cells >= 0).all()
+    if kind == "calochallenge":  # readable by the public evaluation: exactly two datasets
+        with h5py.File(out) as f:
+            assert sorted(f) == ["incident_energies", "showers"]
+            assert f["incident_energies"].shape == (20, 1)
+
+
+def test_dense_generation_shares_the_energy_then_thresholds(data, tmp_path):
+    run = train_calo(_setup("dense"), data / "atlas.h5", tmp_path / "run", progress=False)
+    model = load_calo_model(run)
+    e_tot = np.array([5e4, 1e5, 2e5])
+    thr = model.sample(e_tot, seed=0)
+    assert (thr.sum(1) <= e_tot * (1 + 1e-5)).all()  # thresholds only remove energy
+    assert (thr.sum(1) >= 0.5 * e_tot).all()
+    mid = thr[:, :21]
+    assert ((mid == 0) | (mid >= 200.0)).all()  # Middle threshold 200 MeV after generation
+
+
+def test_resume_is_exact(data, tmp_path):
+    setup = _setup("dense", iterations=6)
+    straight = train_calo(setup, data / "atlas.h5", tmp_path / "a", progress=False)
+    part = train_calo(setup, data / "atlas.h5", tmp_path / "b", progress=False, until=2)
+    train_calo(setup, data / "atlas.h5", part, resume=True, progress=False)
+    wa, wb = (load_checkpoint(r)["models"]["generator"] for r in (straight, part))
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_regressor_is_pretrained_and_saved_in_the_critic(data, tmp_path):
+    run = train_calo(_setup("lhcb-conv"), data / "lhcb.npz", tmp_path / "r", progress=False)
+    state = load_checkpoint(run)
+    assert np.isfinite(state["extra"]["regressor_loss"])
+    assert any(k.startswith("regressor.") for k in state["models"]["critic"])
+
+
+def test_boxcox_fit_inverts_and_keeps_lambda_non_negative():
+    rng = np.random.default_rng(0)
+    cells = np.where(rng.random((50, 900)) < 0.7, 0.0, rng.lognormal(3, 2, (50, 900)))
+    bc = _fit_boxcox(cells, shift=1.0)
+    assert bc.lam >= 0
+    x = torch.from_numpy(cells)
+    torch.testing.assert_close(bc.inverse(bc.forward(x)), x, rtol=1e-9, atol=1e-9)
+
+
+def test_every_model_has_three_presets():
+    assert {k: sorted(v) for k, v in CALO_PRESETS.items()} == {
+        k: ["full", "paper", "quick"] for k in ("dense", "lhcb-conv", "calochallenge")
+    }
+    paper = calo_preset("dense", "paper")
+    assert (paper.model.latent_dim, paper.model.hidden, paper.model.depth) == (100, 128, 3)
+    assert (paper.train.n_critic, paper.train.gp_weight, paper.data.epochs) == (5, 10.0, 1000)
+
+
+def test_wrong_file_for_model_is_a_one_line_error(data, tmp_path):
+    with pytest.raises(DetganError, match="is not a CaloChallenge file; use --model dense"):
+        train_calo(_setup("calochallenge"), data / "atlas.h5", tmp_path / "r", progress=False)
+
+
+def test_cli_train_generate_dispatch(data, tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "gen.h5"
+    sets = [x for k, v in TINY["calochallenge"].items() for x in ("--set", f"{k}={v}")]
+    argv = ["train", "calo", "--model", "calochallenge", "--data", str(data / "cc.h5")]
+    assert main([*argv, *sets, "-o", str(run), "--quiet", "--device", "cpu"]) == 0
+    assert json.loads((run / "config.json").read_text())["model_kind"] == "calochallenge"
+    assert main(["generate", str(run), "-n", "7", "--energy", "uniform:1000,50000",
+                 "-o", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    gen = load_showers(out)
+    assert len(gen) == 7 and (gen.energy >= 1000).all() and (gen.energy <= 50000).all()
+    assert main(["generate", str(run), "-n", "7", "--energy", "nope", "-o", str(out)]) == 2
+    assert "neither a file, uniform:LOW,HIGH nor a number" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_study_writes_report_with_the_klein_metrics(data, tmp_path):
+    root = tmp_path
+    train_file = root / "train.h5"
+    save_showers(
+        simulate(CaloSimConfig(geometry="atlas-cluster", batch_size=80), 80, 4), train_file
+    )
+    run = train_calo(_setup("dense"), train_file, root / "run", progress=False)
+    summary = run_calo_study(run, data / "atlas.h5", root / "rep", n_events=60, classifier=False)
+    metrics = summary["families"]["atlas"]["metrics"]
+    assert {"cells", "correlation", "features", "memorisation"} <= set(metrics)
+    assert "r_mid" in metrics["features"] and "mse" in metrics["correlation"]
+    assert (root / "rep" / "report.html").is_file() and (root / "rep" / "study.json").is_file()
+    with pytest.raises(DetganError, match="is the training file"):
+        run_calo_study(run, train_file, root / "rep2", n_events=10, classifier=False)
