@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "detgan.cli.calo",
     "detgan.cli.evaluate",
     "detgan.cli.footprint",
+    "detgan.cli.calo_models",
     "detgan.cli.refine",
     "detgan.cli.perf",
 ]

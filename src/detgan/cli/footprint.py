@@ -129,6 +129,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from detgan.studies.calo import is_calo_run
+
+    if is_calo_run(args.run):  # calorimeter runs: detgan.cli.calo_models
+        from detgan.cli.calo_models import run_generate_calo
+
+        return run_generate_calo(args)
     from detgan.studies.footprint import generate
 
     device = _runtime(args)
