@@ -151,3 +151,21 @@ def test_study_writes_report_with_the_klein_metrics(data, tmp_path):
     assert (root / "rep" / "report.html").is_file() and (root / "rep" / "study.json").is_file()
     with pytest.raises(DetganError, match="is the training file"):
         run_calo_study(run, train_file, root / "rep2", n_events=10, classifier=False)
+
+
+def test_parameter_study_pools_seeds_and_reports_rows(data, tmp_path):
+    argv = ["study", "calo-params", "--data", str(data / "atlas.h5"), "--reference",
+            str(data / "atlas.h5"), "-o", str(tmp_path / "ps"), "--seeds", "2", "--events", "30",
+            "--set", "iterations=2", "--set", "hidden=8", "--set", "batch_size=8"]  # fmt: skip
+    from detgan.studies import calo
+
+    grid = {"latent_dim": (1, 10)}
+    old, calo.PARAMETER_GRID = calo.PARAMETER_GRID, grid
+    try:
+        assert main([*argv, "--device", "cpu"]) == 0
+    finally:
+        calo.PARAMETER_GRID = old
+    rows = json.loads((tmp_path / "ps" / "parameter_study.json").read_text())
+    assert [(r["parameter"], r["value"]) for r in rows] == [("latent_dim", 1), ("latent_dim", 10)]
+    assert all(np.isfinite(r["correlation_mse"]) for r in rows)
+    assert (tmp_path / "ps" / "latent_dim=1" / "seed1" / "checkpoint.pt").is_file()
