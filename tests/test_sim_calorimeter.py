@@ -229,7 +229,7 @@ def test_speed_target_on_two_cores():
     """calorimeter.md §4: >= 2·10³ showers/s for calochallenge-1-photons at 10 GeV on 2 cores.
 
     Measured as CPU time of one single-threaded process (robust on a shared machine): 10³
-    showers per CPU-second per core suffice, as workers scale linearly (benchmarks/results_calo.md).
+    showers per CPU-second per core suffice, as workers scale linearly (benchmarks/results.md).
     """
     import time
 
