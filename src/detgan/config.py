@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from detgan.utils import DetganError
 
 __all__ = [
     "Config",
+    "ConfigGroup",
     "require",
     "pick_preset",
     "parse_assignments",
@@ -74,6 +76,40 @@ class Config:
     def differences(self, other: Config) -> list[str]:
         """Names of the fields whose values differ from ``other``."""
         return [n for n in self.field_names() if getattr(self, n) != getattr(other, n)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigGroup:
+    """The configs of one run (e.g. ``model``, ``train``, ``data``), stored and overridden together.
+
+    Subclasses declare one :class:`Config` field per part. ``with_overrides`` routes each
+    setting name to the part that has it, so ``--set lr=1e-4`` needs no prefix; a name no part
+    has is refused with the list of valid names.
+    """
+
+    def parts(self) -> dict[str, Config]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps({k: v.to_dict() for k, v in self.parts().items()}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ConfigGroup:
+        values = json.loads(text)
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        return cls(**{f.name: hints[f.name].from_dict(values[f.name]) for f in fields})
+
+    def with_overrides(self, values: Mapping[str, Any]) -> ConfigGroup:
+        parts = self.parts()
+        changes: dict[str, dict[str, Any]] = {k: {} for k in parts}
+        for name, value in values.items():
+            owner = [k for k, part in parts.items() if name in part.field_names()]
+            if not owner:
+                valid = sorted(n for part in parts.values() for n in part.field_names())
+                raise DetganError(f"unknown setting '{name}'; valid settings: {', '.join(valid)}")
+            changes[owner[0]][name] = value
+        return type(self)(**{k: part.replace(**changes[k]) for k, part in parts.items()})
 
 
 def _check_names(cls: type[Config], values: Mapping[str, Any]) -> None:
