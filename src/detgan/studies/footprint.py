@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from detgan import __version__
-from detgan.config import Config, pick_preset, require
+from detgan.config import Config, ConfigGroup, pick_preset, require
 from detgan.io.native import read_arrays, read_attrs, write_arrays
 from detgan.models.footprint import FootprintModelConfig, build_footprint_models
 from detgan.train import (
@@ -82,37 +82,12 @@ class FootprintDataConfig(Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class FootprintSetup:
+class FootprintSetup(ConfigGroup):
     """The three configs of a footprint run; ``with_overrides`` routes names to their config."""
 
     model: FootprintModelConfig
     train: TrainConfig
     data: FootprintDataConfig
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {k: json.loads(getattr(self, k).to_json()) for k in ("model", "train", "data")},
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> FootprintSetup:
-        d = json.loads(text)
-        return cls(
-            FootprintModelConfig.from_dict(d["model"]),
-            TrainConfig.from_dict(d["train"]),
-            FootprintDataConfig.from_dict(d["data"]),
-        )
-
-    def with_overrides(self, values: dict[str, Any]) -> FootprintSetup:
-        parts = {"model": {}, "train": {}, "data": {}}
-        for name, value in values.items():
-            owner = [k for k in parts if name in getattr(self, k).field_names()]
-            if not owner:
-                valid = sorted(n for k in parts for n in getattr(self, k).field_names())
-                raise DetganError(f"unknown setting '{name}'; valid settings: {', '.join(valid)}")
-            parts[owner[0]][name] = value
-        return FootprintSetup(*(getattr(self, k).replace(**parts[k]) for k in parts))
 
 
 def _paper(
