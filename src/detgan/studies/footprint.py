@@ -159,7 +159,7 @@ def _improved(
 FOOTPRINT_PRESETS: dict[str, FootprintSetup] = {
     "paper-journal": _paper(0.01, 10.0, 128, 500, 10, 1e-4, 1e-5, 3),
     "paper-arxiv": _paper(0.001, 3.0, 64, 100, 8, 1e-4, 1e-4, 0),
-    # 'quick' is exactly the configuration measured in docs/results_footprint.md.
+    # 'quick' is exactly the configuration measured in docs/results.md.
     "quick": _improved(4500, 256, 0.999, 500, cap=False),
     "full": _improved(25000, 384, 0.999, 2000, cap=True),
 }
