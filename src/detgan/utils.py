@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,41 @@ __all__ = [
     "atomic_output",
     "check_output_path",
     "available_cpus",
+    "catch_interrupts",
+    "was_interrupted",
 ]
+
+#: Set by the SIGINT handler of :func:`catch_interrupts`. Python ignores a KeyboardInterrupt
+#: raised inside a finaliser or weakref callback, so a Ctrl-C can otherwise be lost; the flag
+#: makes sure an interrupted command never renames an output into place.
+_INTERRUPT = {"seen": False}
+
+
+def _on_sigint(signum, frame) -> None:
+    _INTERRUPT["seen"] = True
+    raise KeyboardInterrupt
+
+
+def catch_interrupts() -> None:
+    """Install the SIGINT handler that records interrupts (CLI entry point, main thread only)."""
+    import signal
+    import threading
+
+    _INTERRUPT["seen"] = False
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
+        sys.unraisablehook = _quiet_interrupts
+
+
+def _quiet_interrupts(unraisable) -> None:
+    """Drop the 'Exception ignored' report of a swallowed Ctrl-C; the flag already has it."""
+    if unraisable.exc_type is not KeyboardInterrupt:
+        sys.__unraisablehook__(unraisable)
+
+
+def was_interrupted() -> bool:
+    """Whether a SIGINT arrived since :func:`catch_interrupts`."""
+    return _INTERRUPT["seen"]
 
 
 class DetganError(Exception):
@@ -137,6 +172,8 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        if was_interrupted():  # a Ctrl-C swallowed by a finaliser still cancels the output
+            raise KeyboardInterrupt
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from detgan import __version__
-from detgan.utils import DetganError
+from detgan.utils import DetganError, catch_interrupts, was_interrupted
 
 __all__ = ["main", "build_parser"]
 
@@ -76,8 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    catch_interrupts()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if was_interrupted():
+            raise KeyboardInterrupt
+        return code
     except DetganError as exc:
         print(f"detgan: error: {exc}", file=sys.stderr)
         return 2

@@ -136,7 +136,10 @@ def _layout_of(f: h5py.File, path: Any, binning: Any, n_voxels: int) -> CaloChal
             raise DetganError(
                 f"file '{path}': its 'binning_xml' attribute is invalid: {exc}"
             ) from None
-    binning = get_binning(binning, n_voxels)
+    try:
+        binning = get_binning(binning, n_voxels)
+    except DetganError as exc:
+        raise DetganError(f"file '{path}': {exc}") from None
     if binning.n_cells != n_voxels:
         raise DetganError(
             f"file '{path}': dataset 'showers' has {n_voxels} voxels per event but binning "

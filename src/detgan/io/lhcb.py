@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from tokenize import TokenError
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,8 @@ def _load(path: Any) -> dict[str, np.ndarray]:
                         "memory; the file is corrupt or too large"
                     ) from None
             return out
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    # numpy parses .npy headers with tokenize/ast: damaged headers raise their errors too
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, SyntaxError, TokenError) as exc:
         if isinstance(exc, DetganError):
             raise
         raise DetganError(

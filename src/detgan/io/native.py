@@ -166,7 +166,8 @@ def open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     with handle:
         try:
             yield handle
-        except (KeyError, OSError, RuntimeError) as exc:  # h5py's errors for damaged metadata
+        # h5py's errors for damaged metadata (ValueError: e.g. an unreadable stored dtype)
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
             reason = str(exc).strip("'\"").splitlines()[0] if str(exc) else type(exc).__name__
             raise DetganError(
                 f"file '{path}' is corrupt or truncated ({reason}); regenerate it"
