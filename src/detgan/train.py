@@ -34,6 +34,7 @@ __all__ = [
     "Trainer",
     "keras_decay",
     "load_checkpoint",
+    "prepare_run_dir",
     "CHECKPOINT_NAME",
     "HISTORY_NAME",
 ]
@@ -423,3 +424,23 @@ def _progress(enabled: bool, initial: int, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="it", desc="training", dynamic_ncols=True)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Check or make a run directory: resuming needs its checkpoint; a non-empty directory is
+    only restarted with ``overwrite`` (its checkpoint, history and config are removed)."""
+    if resume:
+        require(
+            (run_dir / CHECKPOINT_NAME).is_file(),
+            f"nothing to resume: '{run_dir / CHECKPOINT_NAME}' does not exist; drop --resume",
+        )
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        require(
+            overwrite,
+            f"run directory '{run_dir}' is not empty; use --resume to continue "
+            "it or --overwrite to start afresh",
+        )
+        for name in (CHECKPOINT_NAME, HISTORY_NAME, "config.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)

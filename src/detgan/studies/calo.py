@@ -40,8 +40,7 @@ from detgan.config import Config, pick_preset, require
 from detgan.io.showers import Showers, detect_format, load_showers, save_showers
 from detgan.models.calo import MODEL_KINDS, build_calo_models, model_config_class
 from detgan.sim.geometry import layout_from_dict
-from detgan.studies.footprint import _prepare_run_dir
-from detgan.train import AdversarialProblem, TrainConfig, Trainer, load_checkpoint
+from detgan.train import AdversarialProblem, TrainConfig, Trainer, load_checkpoint, prepare_run_dir
 from detgan.transforms import BoxCox, Chain, Standardise, Transform, transform_from_state
 from detgan.utils import DetganError, resolve_device
 
@@ -380,7 +379,7 @@ def train_calo(
     iteration. Returns the run directory.
     """
     run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, resume, overwrite)
+    prepare_run_dir(run_dir, resume, overwrite)
     dev = resolve_device(device)
     state = load_checkpoint(run_dir) if resume else None
     if state is not None:

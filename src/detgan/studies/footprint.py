@@ -31,12 +31,12 @@ from detgan.config import Config, ConfigGroup, pick_preset, require
 from detgan.io.native import read_arrays, read_attrs, write_arrays
 from detgan.models.footprint import FootprintModelConfig, build_footprint_models
 from detgan.train import (
-    CHECKPOINT_NAME,
     HISTORY_NAME,
     AdversarialProblem,
     TrainConfig,
     Trainer,
     load_checkpoint,
+    prepare_run_dir,
 )
 from detgan.transforms import Standardise, Transform, transform_from_state
 from detgan.utils import DetganError, resolve_device
@@ -266,24 +266,6 @@ def _resolved(setup: FootprintSetup, n: int) -> FootprintSetup:
     return dataclasses.replace(setup, train=t.replace(**changes)) if changes else setup
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        require(
-            (run_dir / CHECKPOINT_NAME).is_file(),
-            f"nothing to resume: '{run_dir / CHECKPOINT_NAME}' does not exist; drop --resume",
-        )
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        require(
-            overwrite,
-            f"run directory '{run_dir}' is not empty; use --resume to continue "
-            "it or --overwrite to start afresh",
-        )
-        for name in (CHECKPOINT_NAME, HISTORY_NAME, "config.json"):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def train_footprint(
     setup: FootprintSetup | str,
     data_path: str | os.PathLike,
@@ -306,7 +288,7 @@ def train_footprint(
     if isinstance(setup, str):
         setup = footprint_preset(setup)
     run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, resume, overwrite)
+    prepare_run_dir(run_dir, resume, overwrite)
     dev = resolve_device(device)
     state = load_checkpoint(run_dir) if resume else None
     if state is not None:
