@@ -33,16 +33,16 @@ import torch
 from torch import Tensor, nn
 
 from detgan import __version__, losses
-from detgan.config import Config, pick_preset, require
+from detgan.config import Config, ConfigGroup, pick_preset, require
 from detgan.io.native import H5Writer, iter_chunks, open_h5, read_arrays, read_attrs
 from detgan.models.refiner import RefinerModelConfig, build_refiner_models
 from detgan.train import (
-    CHECKPOINT_NAME,
     HISTORY_NAME,
     AdversarialProblem,
     TrainConfig,
     Trainer,
     load_checkpoint,
+    prepare_run_dir,
 )
 from detgan.transforms import Log
 from detgan.utils import DetganError, resolve_device
@@ -112,37 +112,12 @@ class RefineDataConfig(Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class RefineSetup:
+class RefineSetup(ConfigGroup):
     """The three configs of a refiner run; ``with_overrides`` routes names to their config."""
 
     model: RefinerModelConfig
     train: TrainConfig
     data: RefineDataConfig
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {k: json.loads(getattr(self, k).to_json()) for k in ("model", "train", "data")},
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> RefineSetup:
-        d = json.loads(text)
-        return cls(
-            RefinerModelConfig.from_dict(d["model"]),
-            TrainConfig.from_dict(d["train"]),
-            RefineDataConfig.from_dict(d["data"]),
-        )
-
-    def with_overrides(self, values: dict[str, Any]) -> RefineSetup:
-        parts: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "data": {}}
-        for name, value in values.items():
-            owner = [k for k in parts if name in getattr(self, k).field_names()]
-            if not owner:
-                valid = sorted(n for k in parts for n in getattr(self, k).field_names())
-                raise DetganError(f"unknown setting '{name}'; valid settings: {', '.join(valid)}")
-            parts[owner[0]][name] = value
-        return RefineSetup(*(getattr(self, k).replace(**parts[k]) for k in parts))
 
 
 def _paper() -> RefineSetup:
@@ -268,24 +243,6 @@ def refiner_problem(
 
 
 # ------------------------------------------------------------------------------ training
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        require(
-            (run_dir / CHECKPOINT_NAME).is_file(),
-            f"nothing to resume: '{run_dir / CHECKPOINT_NAME}' does not exist; drop --resume",
-        )
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        require(
-            overwrite,
-            f"run directory '{run_dir}' is not empty; use --resume to continue "
-            "it or --overwrite to start afresh",
-        )
-        for name in (CHECKPOINT_NAME, HISTORY_NAME, "config.json"):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def _training_samples(
     setup: RefineSetup, sim_path: str | os.PathLike, data_path: str | os.PathLike
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
@@ -330,7 +287,7 @@ def train_refiner(
     ``until`` stops early at that iteration.
     """
     run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, resume, overwrite)
+    prepare_run_dir(run_dir, resume, overwrite)
     dev = resolve_device(device)
     state = load_checkpoint(run_dir) if resume else None
     if state is not None:
