@@ -11,7 +11,7 @@ import time
 from detgan.cli._common import add_output, add_overrides, add_runtime, add_seed, read_overrides
 from detgan.utils import DetganError, resolve_device, seed_everything, set_threads
 
-__all__ = ["register", "run_train", "run_generate_calo", "run_study", "run_params"]
+__all__ = ["register", "run_train", "run_study", "run_params"]
 
 MODELS = ("dense", "lhcb-conv", "calochallenge")
 PRESETS = ("paper", "full", "quick")
@@ -105,27 +105,6 @@ def run_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(f"trained {args.model} run '{run}' in {time.perf_counter() - start:.0f} s on {device}")
-    return 0
-
-
-def run_generate_calo(args: argparse.Namespace) -> int:
-    """``detgan generate RUN`` for a calorimeter run (called by the generate command)."""
-    from detgan.studies.calo import generate_calo
-
-    device = _runtime(args)
-    if args.events is not None and args.events < 1:
-        raise DetganError(f"-n must be at least 1, got {args.events}")
-    seed_everything(args.seed)
-    out = generate_calo(
-        args.run,
-        args.events,
-        args.energy,
-        args.seed,
-        args.output,
-        device=device,
-        overwrite=args.overwrite,
-    )
-    print(f"wrote '{out}'")
     return 0
 
 

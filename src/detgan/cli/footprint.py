@@ -129,19 +129,16 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from detgan.studies.calo import is_calo_run
-
-    if is_calo_run(args.run):  # calorimeter runs: detgan.cli.calo_models
-        from detgan.cli.calo_models import run_generate_calo
-
-        return run_generate_calo(args)
+    """``detgan generate RUN``: footprint runs here, calorimeter runs via detgan.studies.calo."""
+    from detgan.studies.calo import generate_calo, is_calo_run
     from detgan.studies.footprint import generate
 
+    sample = generate_calo if is_calo_run(args.run) else generate
     device = _runtime(args)
     if args.events is not None and args.events < 1:
         raise DetganError(f"-n must be at least 1, got {args.events}")
     seed_everything(args.seed)
-    out = generate(
+    out = sample(
         args.run,
         args.events,
         args.energy,
