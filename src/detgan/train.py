@@ -35,6 +35,7 @@ __all__ = [
     "keras_decay",
     "load_checkpoint",
     "prepare_run_dir",
+    "load_run",
     "CHECKPOINT_NAME",
     "HISTORY_NAME",
 ]
@@ -444,3 +445,23 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         for name in (CHECKPOINT_NAME, HISTORY_NAME, "config.json"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def load_run(
+    run_dir: str | os.PathLike, setup_cls: type, kind: str, extra_keys: Sequence[str] = ()
+) -> tuple[dict, Any]:
+    """The checkpoint of ``run_dir`` and its stored configuration as a ``setup_cls``.
+
+    A checkpoint of another kind of run (no such configuration, or lacking the numeric
+    ``extra_keys`` in its extra state) is refused with a one-line hint to train a ``kind`` run.
+    """
+    state = load_checkpoint(run_dir)
+    try:
+        setup = setup_cls.from_json(state["config_json"])
+        for key in extra_keys:
+            float(state["extra"][key])
+        return state, setup
+    except (KeyError, ValueError, DetganError):
+        raise DetganError(
+            f"'{run_dir}' is not a {kind} run; train one with 'detgan train {kind}'"
+        ) from None

@@ -40,7 +40,14 @@ from detgan.config import Config, pick_preset, require
 from detgan.io.showers import Showers, detect_format, load_showers, save_showers
 from detgan.models.calo import MODEL_KINDS, build_calo_models, model_config_class
 from detgan.sim.geometry import layout_from_dict
-from detgan.train import AdversarialProblem, TrainConfig, Trainer, load_checkpoint, prepare_run_dir
+from detgan.train import (
+    AdversarialProblem,
+    TrainConfig,
+    Trainer,
+    load_checkpoint,
+    load_run,
+    prepare_run_dir,
+)
 from detgan.transforms import BoxCox, Chain, Standardise, Transform, transform_from_state
 from detgan.utils import DetganError, resolve_device
 
@@ -470,13 +477,7 @@ class CaloModel:
 def load_calo_model(run_dir: str | os.PathLike, device: str = "cpu") -> CaloModel:
     """Rebuild the generator of a calorimeter run from ``RUN/checkpoint.pt`` (weights_only)."""
     dev = resolve_device(device)
-    state = load_checkpoint(run_dir)
-    try:
-        setup = CaloSetup.from_json(state["config_json"])
-    except (KeyError, ValueError):
-        raise DetganError(
-            f"'{run_dir}' is not a calorimeter run; train one with 'detgan train calo'"
-        ) from None
+    state, setup = load_run(run_dir, CaloSetup, "calo")
     extra = state["extra"]
     layout = layout_from_dict(json.loads(extra["layout_json"]))
     transforms = {k: transform_from_state(v) for k, v in extra["transforms"].items()}

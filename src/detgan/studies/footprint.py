@@ -36,6 +36,7 @@ from detgan.train import (
     TrainConfig,
     Trainer,
     load_checkpoint,
+    load_run,
     prepare_run_dir,
 )
 from detgan.transforms import Standardise, Transform, transform_from_state
@@ -400,13 +401,7 @@ class FootprintModel:
 def load_footprint_model(run_dir: str | os.PathLike, device: str = "cpu") -> FootprintModel:
     """Rebuild the networks of a run from ``RUN/checkpoint.pt`` (loaded with weights_only)."""
     dev = resolve_device(device)
-    state = load_checkpoint(run_dir)
-    try:
-        setup = FootprintSetup.from_json(state["config_json"])
-    except (KeyError, ValueError):
-        raise DetganError(
-            f"'{run_dir}' is not a footprint run; train one with 'detgan train footprint'"
-        ) from None
+    state, setup = load_run(run_dir, FootprintSetup, "footprint")
     extra = state["extra"]
     transforms = {k: transform_from_state(v) for k, v in extra["transforms"].items()}
     ceiling = float(extra.get("ceiling", math.inf))

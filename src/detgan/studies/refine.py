@@ -42,10 +42,11 @@ from detgan.train import (
     TrainConfig,
     Trainer,
     load_checkpoint,
+    load_run,
     prepare_run_dir,
 )
 from detgan.transforms import Log
-from detgan.utils import DetganError, resolve_device
+from detgan.utils import resolve_device
 
 __all__ = [
     "RefineDataConfig",
@@ -366,15 +367,9 @@ class RefinerModel:
 def load_refiner(run_dir: str | os.PathLike, device: str = "cpu") -> RefinerModel:
     """Rebuild the refiner of a run from ``RUN/checkpoint.pt`` (loaded with weights_only)."""
     dev = resolve_device(device)
-    state = load_checkpoint(run_dir)
-    try:
-        setup = RefineSetup.from_json(state["config_json"])
-        extra = state["extra"]
-        threshold = float(extra["threshold"])
-    except (KeyError, ValueError, DetganError):
-        raise DetganError(
-            f"'{run_dir}' is not a refiner run; train one with 'detgan train refiner'"
-        ) from None
+    state, setup = load_run(run_dir, RefineSetup, "refiner", extra_keys=("threshold",))
+    extra = state["extra"]
+    threshold = float(extra["threshold"])
     models = build_refiner_models(setup.model, threshold)
     weights = state["models"]  # the moving average of the weights when it was kept
     models["generator"].load_state_dict(weights.get("generator_ema", weights["generator"]))
