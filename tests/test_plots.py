@@ -24,3 +24,22 @@ def test_figures_from_arrays():
     ]
     assert all(isinstance(f, Figure) for f in figs)
     assert len(figs[0].axes) == 2  # histogram + ratio panel
+
+
+def test_refine_figures_from_arrays():
+    rng = np.random.default_rng(1)
+    x = np.array([5.0, 15.0])
+    curve = {q: rng.random(2) for q in ("bias", "bias_err", "resolution", "resolution_err")}
+    figs = [
+        plots.energy_bias_resolution(x, {"a": curve}, styles={"a": {"label": "a", "ls": "--"}}),
+        plots.energy_scatter({"a": (x, x * 1.1)}, colours={"a": "k"}),
+        plots.trace_comparison(
+            {"station": {"data": rng.random(80), "sim": rng.random(80)}},
+            styles={"data": {"lw": 1.8}, "sim": {"lw": 1.2}},
+        ),
+        plots.loss_curve(np.arange(120), rng.normal(size=120), label="−C1 + C2"),
+        plots.loss_curve([], []),  # an empty history still gives a figure
+    ]
+    assert all(isinstance(f, Figure) for f in figs)
+    assert len(figs[0].axes) == 2 and len(figs[2].axes) == 1
+    assert figs[3].axes[0].get_legend().get_texts()[1].get_text() == "running mean (2)"

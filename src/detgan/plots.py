@@ -8,6 +8,7 @@ Agg backend and matplotlib's mathtext are used).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -24,6 +25,10 @@ __all__ = [
     "calibration_curves",
     "matrix_comparison",
     "distance_overview",
+    "energy_bias_resolution",
+    "energy_scatter",
+    "trace_comparison",
+    "loss_curve",
 ]
 
 REF_STYLE = {"color": "0.55", "label": "reference"}
@@ -260,4 +265,90 @@ def distance_overview(
     ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2)
     ax.set_title(title, fontsize=9, loc="right")
     fig.tight_layout()
+    return fig
+
+
+def energy_bias_resolution(
+    x: np.ndarray,
+    curves: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    styles: Mapping[str, Mapping[str, Any]],
+    xlabel: str = "E_true / EeV",
+) -> Figure:
+    """Bias and resolution of r = (E_rec − E_true)/E_true per bin (Fig. 6 of arXiv:1802.03325).
+
+    ``x`` (B,) bin centres; ``curves[name]`` holds ``bias``, ``bias_err``, ``resolution`` and
+    ``resolution_err`` (B,); ``styles[name]`` are the curve's line keywords (colour, label, ls).
+    """
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for name, curve in curves.items():
+        for ax, q in zip(axes, ("bias", "resolution")):
+            ax.errorbar(x, curve[q], curve[f"{q}_err"], marker="o", ms=3, capsize=2, **styles[name])
+    axes[0].axhline(0, color="k", lw=0.5)
+    axes[0].set(xlabel=xlabel, ylabel="bias ⟨(E_rec − E_true)/E_true⟩")
+    axes[1].set(xlabel=xlabel, ylabel="resolution σ((E_rec − E_true)/E_true)", ylim=(0, None))
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def energy_scatter(
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], *, colours: Mapping[str, str]
+) -> Figure:
+    """One panel per title: reconstructed against true energy (EeV), ``pairs[title]`` =
+    (E_true (N,), E_rec (N,)), with the diagonal."""
+    fig = Figure(figsize=(12, 3.2), layout="constrained")
+    for ax, (title, (truth, pred)) in zip(
+        fig.subplots(1, len(pairs), squeeze=False)[0], pairs.items()
+    ):
+        ax.scatter(truth, pred, s=2, alpha=0.3, color=colours[title], rasterized=True)
+        ax.plot([1, 100], [1, 100], color="k", lw=0.8)
+        ax.set(
+            xlabel="E_true / EeV", ylabel="E_rec / EeV", title=title, xlim=(0, 105), ylim=(0, 140)
+        )
+    return fig
+
+
+def trace_comparison(
+    panels: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    styles: Mapping[str, Mapping[str, Any]],
+    dt: float = 25.0,
+) -> Figure:
+    """One panel per title: the traces (T,) of several samples (VEM per bin of ``dt`` ns) as
+    steps on a symlog scale (Fig. 5 of arXiv:1802.03325); ``styles[sample]``: line keywords."""
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    for ax, (title, traces) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        for name, trace in traces.items():
+            t = np.arange(len(trace)) * dt
+            ax.step(t, trace, where="post", label=name, **styles[name])
+        ax.set(xlabel="t / ns", ylabel=f"signal / VEM per {dt:g} ns", yscale="symlog", title=title)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def loss_curve(
+    step: np.ndarray,
+    loss: np.ndarray,
+    *,
+    label: str = "loss",
+    xlabel: str = "iteration",
+    ylabel: str = "loss",
+) -> Figure:
+    """A training loss (N,) against the step (N,): raw, and its running mean over ~N/50 steps
+    for the eye (Fig. 7 of arXiv:1802.03325 for the critic loss −C1 + C2)."""
+    fig = Figure(figsize=(5, 3.4), layout="constrained")
+    ax = fig.subplots()
+    step, loss = np.asarray(step), np.asarray(loss)
+    if len(step):
+        w = max(1, len(step) // 50)
+        ax.plot(step, loss, color="0.7", lw=0.5, label=label)
+        ax.plot(
+            step[w - 1 :],
+            np.convolve(loss, np.ones(w) / w, "valid"),
+            color="#2471a3",
+            label=f"running mean ({w})",
+        )
+        ax.legend(fontsize=7)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     return fig
