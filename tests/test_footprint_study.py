@@ -12,12 +12,12 @@ from detgan.cli import main
 from detgan.io.native import read_arrays, read_attrs, write_arrays
 from detgan.studies.footprint import (
     FOOTPRINT_PRESETS,
-    footprint_observables,
     footprint_preset,
     generate,
     load_footprint_model,
     parse_energy_spec,
     run_footprint_study,
+    study_observables,
     train_footprint,
 )
 from detgan.train import load_checkpoint
@@ -152,11 +152,13 @@ def test_energy_spec_parsing_and_errors(files):
 def test_observables_on_a_constructed_footprint():
     fp = np.zeros((1, 9, 9), np.float32)
     fp[0, 4, 4], fp[0, 3, 4], fp[0, 0, 0] = 6.0, 3.0, 2.5
-    obs = footprint_observables(fp)
-    assert obs["total"][0] == pytest.approx(11.5)
-    assert obs["n_stations"][0] == 3 and obs["hottest"][0] == 6.0
+    obs = study_observables(fp)
+    assert obs["sum_log_signal"][0] == pytest.approx(11.5)
+    assert obs["n_stations"][0] == 3 and obs["hottest_signal"][0] == 6.0
     assert obs["lateral"][0, 0] == 6.0  # ring 0 is the hottest station alone
     assert obs["lateral"][0, 1] == pytest.approx(3.0 / 6)  # one of six neighbours is on
+    assert obs["lateral"][0, 2] == 0.0
+    assert obs["lateral"][0, 5] == pytest.approx(2.5 / 12)  # (0, 0) is 5.29 spacings away
 
 
 def test_study_writes_report_json_markdown_and_figures(run, files, tmp_path):
@@ -171,7 +173,7 @@ def test_study_writes_report_json_markdown_and_figures(run, files, tmp_path):
         "comparison.png",
     ):
         assert (out / name).is_file(), name
-    assert len(result["deciles"]["total"]) == 10
+    assert len(result["deciles"]["sum_log_signal"]) == 10
     assert -1 <= result["constrainer"]["correlation"] <= 1
     assert 0 <= result["classifier"]["auc"] <= 1
     assert json.loads((out / "report.json").read_text())["n_events"] == 300

@@ -20,6 +20,7 @@ from detgan.utils import DetganError
 __all__ = [
     "station_grid",
     "footprint_observables",
+    "lateral_profile",
     "trace_quantile_times",
     "trace_observables",
     "trace_station_observables",
@@ -112,13 +113,30 @@ def footprint_observables(
             "hottest_signal": flat.max(1),
             "lateral_spread": np.where(total > 0, spread, np.nan),
         }
-    hottest = flat.argmax(1)
-    dist = np.rint(np.linalg.norm(pos[:, None] - pos[None], axis=-1) + 1e-9)[hottest]  # (N, K)
-    for k in range(1, N_RINGS):
-        mask = dist == k
+    rings = lateral_profile(f, N_RINGS, layout=layout)
+    out.update({f"ring_{k}": rings[:, k] for k in range(1, N_RINGS)})
+    return out
+
+
+def lateral_profile(
+    footprint: np.ndarray, n_rings: int = N_RINGS, *, layout: str = "offset"
+) -> np.ndarray:
+    """Lateral profile around the hottest station, (N, n, n) → (N, n_rings).
+
+    Column k is the mean f = log10(S + 1) over the stations whose distance to the hottest station
+    rounds to k spacings (k = 0 is the hottest station itself; ring 2 holds the √3- and
+    2-spacing neighbours); NaN where the grid has no such station.
+    """
+    f = _check_events(footprint, 3, "footprint")
+    flat = f.reshape(f.shape[0], -1)
+    pos = station_grid(f.shape[1], layout)
+    ring = np.rint(np.linalg.norm(pos[:, None] - pos[None], axis=-1) + 1e-9)[flat.argmax(1)]
+    out = np.full((len(flat), n_rings), np.nan)
+    for k in range(n_rings):
+        mask = ring == k  # (N, n²)
         cnt = mask.sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[f"ring_{k}"] = np.where(cnt > 0, (flat * mask).sum(1) / cnt, np.nan)
+            out[:, k] = np.where(cnt > 0, (flat * mask).sum(1) / cnt, np.nan)
     return out
 
 

@@ -52,7 +52,7 @@ __all__ = [
     "generate_footprints",
     "parse_energy_spec",
     "generate",
-    "footprint_observables",
+    "study_observables",
     "run_footprint_study",
 ]
 
@@ -162,7 +162,8 @@ FOOTPRINT_PRESETS: dict[str, FootprintSetup] = {
     "paper-arxiv": _paper(0.001, 3.0, 64, 100, 8, 1e-4, 1e-4, 0),
     # 'quick' is exactly the configuration measured in docs/results.md.
     "quick": _improved(4500, 256, 0.999, 500, cap=False),
-    "full": _improved(25000, 384, 0.999, 2000, cap=True),
+    # 'full': the same design trained 3.3× longer (≈ 40 min on 2 cores; docs/results.md).
+    "full": _improved(15000, 256, 0.999, 1000, cap=False),
 }
 
 
@@ -482,42 +483,21 @@ def generate(
 
 
 # ------------------------------------------------------------------------------------ study
-def _station_xy(n_side: int = 9) -> np.ndarray:
-    """Station positions (n², 2) in units of the spacing, 'offset' layout (airshower.md §3)."""
-    n0 = (n_side - 1) / 2
-    i, j = np.meshgrid(np.arange(n_side), np.arange(n_side), indexing="ij")
-    x = i - n0 + 0.5 * np.mod(j - n0, 2)
-    y = (j - n0) * np.sin(np.pi / 3)
-    return np.stack([x.ravel(), y.ravel()], axis=1)
+#: Rings of the study's lateral profile: 0 (the hottest station) … 5 spacings from it.
+LATERAL_RINGS = 6
+#: The footprint observables compared per energy decile (names of observables.py).
+DECILE_OBSERVABLES = ("sum_log_signal", "n_stations", "hottest_signal")
 
 
-#: Ring edges (units of the spacing) of the lateral profile around the hottest station.
-LATERAL_EDGES = np.array([0.0, 0.5, 1.5, 2.5, 3.5, 4.5, 6.0])
+def study_observables(footprint: np.ndarray) -> dict[str, np.ndarray]:
+    """The study's observables of footprints (N, n, n): those of
+    :func:`detgan.observables.footprint_observables` plus ``lateral`` (N, LATERAL_RINGS), the
+    lateral profile around the hottest station."""
+    from detgan.observables import footprint_observables, lateral_profile
 
-
-def footprint_observables(footprint: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-event observables of footprints (N, n, n): total Σ log10(S+1) (N,), stations above
-    threshold (N,), hottest-station value (N,) and the lateral profile (N, rings): the mean
-    footprint value of the stations in each ring of :data:`LATERAL_EDGES` around the hottest."""
-    n = footprint.shape[0]
-    flat = footprint.reshape(n, -1).astype(np.float64)
-    xy = _station_xy(footprint.shape[1])
-    hottest = flat.argmax(axis=1)
-    dist = np.linalg.norm(xy[None, :, :] - xy[hottest][:, None, :], axis=2)  # (N, n²)
-    ring = np.digitize(dist, LATERAL_EDGES) - 1
-    profile = np.stack(
-        [
-            np.where(ring == r, flat, 0).sum(1) / np.maximum((ring == r).sum(1), 1)
-            for r in range(len(LATERAL_EDGES) - 1)
-        ],
-        axis=1,
-    )
-    return {
-        "total": flat.sum(1),
-        "n_stations": (flat > 0).sum(1).astype(np.float64),
-        "hottest": flat.max(1),
-        "lateral": profile,
-    }
+    out = footprint_observables(footprint)
+    out["lateral"] = lateral_profile(footprint, LATERAL_RINGS)
+    return out
 
 
 def _decile_table(energy: np.ndarray, ref: dict, gen: dict, name: str) -> list[dict[str, float]]:
@@ -599,7 +579,7 @@ def run_footprint_study(
     ref = read_arrays(reference, ["footprint", "energy"], stop=n_events)
     energy = ref["energy"].astype(np.float64)
     gen_fp = model.sample(energy, seed)
-    obs_ref, obs_gen = footprint_observables(ref["footprint"]), footprint_observables(gen_fp)
+    obs_ref, obs_gen = study_observables(ref["footprint"]), study_observables(gen_fp)
     n3 = min(5000, len(energy))
     e_con = model.reconstruct(gen_fp[:n3])
     result = {
@@ -617,14 +597,11 @@ def run_footprint_study(
                 np.corrcoef(energy[:n3], model.reconstruct(ref["footprint"][:n3]))[0, 1]
             ),
         },
-        "deciles": {
-            k: _decile_table(energy, obs_ref, obs_gen, k)
-            for k in ("total", "n_stations", "hottest")
-        },
+        "deciles": {k: _decile_table(energy, obs_ref, obs_gen, k) for k in DECILE_OBSERVABLES},
         "lateral_profile": {
-            "edges": LATERAL_EDGES.tolist(),
-            "reference": obs_ref["lateral"].mean(0).tolist(),
-            "generated": obs_gen["lateral"].mean(0).tolist(),
+            "distance": list(range(LATERAL_RINGS)),
+            "reference": np.nanmean(obs_ref["lateral"], 0).tolist(),
+            "generated": np.nanmean(obs_gen["lateral"], 0).tolist(),
         },
         "fraction_between_zero_and_threshold": float(
             ((gen_fp > 0) & (gen_fp < float(model.extra["threshold"]) - 1e-4)).mean()
@@ -634,7 +611,7 @@ def run_footprint_study(
         Path(reference).resolve()
     )
     result["max_total_decile_deviation"] = max(
-        abs(r["relative_deviation"]) for r in result["deciles"]["total"]
+        abs(r["relative_deviation"]) for r in result["deciles"]["sum_log_signal"]
     )
     if classifier:
         result["classifier"] = _classifier_auc(ref["footprint"], gen_fp, energy, seed, device)
@@ -646,7 +623,9 @@ def run_footprint_study(
 
 # ---------------------------------------------------------------------------- figures, report
 def _hexmap(ax, values: np.ndarray, vmax: float) -> Any:
-    xy = _station_xy(values.shape[0])
+    from detgan.observables import station_grid
+
+    xy = station_grid(values.shape[0])
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -742,7 +721,7 @@ def _fig_comparison(path: Path, result: dict, obs_ref: dict, obs_gen: dict) -> N
 
     fig = Figure(figsize=(13, 3.4), layout="constrained")
     axes = fig.subplots(1, 4)
-    rows = result["deciles"]["total"]
+    rows = result["deciles"]["sum_log_signal"]
     centre = [0.5 * (r["e_low"] + r["e_high"]) for r in rows]
     axes[0].plot(centre, [r["reference"] for r in rows], "ko", label="reference")
     axes[0].plot(centre, [r["generated"] for r in rows], "r^", label="generated")
@@ -750,14 +729,14 @@ def _fig_comparison(path: Path, result: dict, obs_ref: dict, obs_gen: dict) -> N
     bins = np.arange(-0.5, max(obs_ref["n_stations"].max(), obs_gen["n_stations"].max()) + 1.5)
     for ax, key, b, label in (
         (axes[1], "n_stations", bins, "stations above threshold"),
-        (axes[2], "hottest", 40, "hottest station log10(S+1)"),
+        (axes[2], "hottest_signal", 40, "hottest station log10(S+1)"),
     ):
         edges = np.histogram_bin_edges(np.concatenate([obs_ref[key], obs_gen[key]]), bins=b)
         ax.hist(obs_ref[key], edges, histtype="step", color="k", label="reference")
         ax.hist(obs_gen[key], edges, histtype="step", color="r", label="generated")
         ax.set_xlabel(label)
     lat = result["lateral_profile"]
-    mid = 0.5 * (LATERAL_EDGES[1:] + LATERAL_EDGES[:-1])
+    mid = lat["distance"]
     axes[3].plot(mid, lat["reference"], "ko-", label="reference")
     axes[3].plot(mid, lat["generated"], "r^--", label="generated")
     axes[3].set(xlabel="distance to hottest station [spacings]", ylabel="mean log10(S+1)")
@@ -822,7 +801,7 @@ def _write_report(out_dir: Path, result: dict[str, Any], figures: dict[str, str]
         "|---|---|---|---|---|---|---|---|---|",
     ]
     d = result["deciles"]
-    for t, s, h in zip(d["total"], d["n_stations"], d["hottest"]):
+    for t, s, h in zip(*(d[k] for k in DECILE_OBSERVABLES)):
         lines.append(
             f"| {t['decile']} | {t['e_low']:.1f}–{t['e_high']:.1f} | {t['reference']:.2f} "
             f"| {t['generated']:.2f} | {100 * t['relative_deviation']:+.2f} % "
