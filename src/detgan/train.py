@@ -6,6 +6,10 @@ how the critic scores events — plus a dict of models (``generator``, ``critic`
 ``constrainer``). The loop follows ``paper_methods.md`` §1 [E18, arXiv:1802.03325; GP17,
 arXiv:1704.00028]: ``n_critic`` times (critic step minimising −C1 + C2, then constrainer step
 minimising C4), then one generator step minimising −E[f(x̃)] + C3.
+
+Under torchrun every process runs this loop on its slice of the global batch and the gradients
+are averaged before each optimiser step (:mod:`detgan.distributed`); process 0 alone writes the
+checkpoint, the history and the progress bar.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detgan import losses
+from detgan import distributed, losses
 from detgan.checkpoint import load_checkpoint_safely, save_checkpoint
 from detgan.config import Config, require
 from detgan.utils import DetganError
@@ -156,7 +160,11 @@ class Trainer:
     ``models`` needs ``generator`` and ``critic``; ``constrainer`` is optional. ``extra`` is a
     dict of checkpointable values (tensors, strings, numbers, lists, dicts) that callbacks may
     update, e.g. preprocessing state or fixed-noise snapshots. ``callbacks`` are called as
-    ``callback(trainer)`` after each generator iteration.
+    ``callback(trainer)`` after each generator iteration, on every process (a callback that
+    writes files checks :func:`detgan.distributed.is_main_process`).
+
+    Under torchrun (:mod:`detgan.distributed`) ``config.batch_size`` is the global batch; each
+    process computes the rows :attr:`rows` of it.
     """
 
     def __init__(
@@ -175,8 +183,13 @@ class Trainer:
             "generator" in models and "critic" in models,
             "the trainer needs models named 'generator' and 'critic'",
         )
+        distributed.init_from_environment()
+        distributed.check_global_batch(config.batch_size)
         self.models = dict(models)
         self.problem, self.cfg = problem, config
+        _check_devices(self.models)
+        self.rows = distributed.local_rows(config.batch_size)
+        self.parallel = distributed.world_size() > 1
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.config_json, self.extra = config_json, dict(extra or {})
         self.callbacks, self.progress = list(callbacks), progress
@@ -212,17 +225,35 @@ class Trainer:
         opt = self.optimisers[name]
         for group in opt.param_groups:
             group["lr"] = keras_decay(base_lr, decay, self.updates[name])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _descend(opt, loss)
         self.updates[name] += 1
 
+    def _local(self, value: Any) -> Any:
+        """This process's rows of a global-batch tensor or batch dict (all rows: one process)."""
+        if not self.parallel or value is None:
+            return value
+        if isinstance(value, Mapping):
+            return {k: v[self.rows] for k, v in value.items()}
+        return value[self.rows]
+
+    def _fake(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """Fakes for the global ``batch`` (noise drawn for all of it), this process's rows."""
+        gen = self.models["generator"]
+        if self.parallel:
+            gen = distributed.LocalRows(gen, self.rows)
+        fake, y_fake = self.problem.sample_fake(gen, batch, self.rng)
+        return self._local(fake), self._local(y_fake)
+
     def critic_step(self) -> tuple[dict[str, float], Batch]:
-        """One critic update minimising −C1 + C2 (generator frozen); returns terms and the batch."""
+        """One critic update minimising −C1 + C2 (generator frozen); returns the terms and
+        the real batch (this process's rows)."""
         cfg, critic = self.cfg, self.models["critic"]
         real = self.problem.sample_real(cfg.batch_size, self.rng)
         with torch.no_grad():
-            fake, y_fake = self.problem.sample_fake(self.models["generator"], real, self.rng)
+            fake, y_fake = self._fake(real)
+        # ε of the penalty, drawn for the global batch (the draw gradient_penalty would make)
+        eps = torch.rand(cfg.batch_size, generator=self.rng, dtype=real["x"].dtype)
+        real, eps = self._local(real), self._local(eps)
         y_real = real.get("y")
         c1 = losses.wasserstein_estimate(
             self.problem.critique(critic, real["x"], y_real),
@@ -233,7 +264,7 @@ class Trainer:
             real["x"],
             fake,
             cfg.gp_weight,
-            generator=self.rng,
+            epsilon=eps,
         )
         self._update("critic", losses.critic_loss(c1, c2), cfg.decay_critic, cfg.lr_critic)
         return {"C1": c1.item(), "C2": c2.item()}, real
@@ -255,7 +286,8 @@ class Trainer:
             m.requires_grad_(False)
         try:
             batch = self.problem.sample_real(cfg.batch_size, self.rng)
-            fake, y_fake = self.problem.sample_fake(self.models["generator"], batch, self.rng)
+            fake, y_fake = self._fake(batch)
+            batch = self._local(batch)
             adv = losses.generator_adversarial_loss(
                 self.problem.critique(self.models["critic"], fake, y_fake)
             )
@@ -295,13 +327,12 @@ class Trainer:
         opt = torch.optim.Adam(self.models["constrainer"].parameters(), lr=self.cfg.pretrain_lr)
         loss = torch.tensor(float("nan"))
         for _ in range(self.cfg.pretrain_steps):
-            real = self.problem.sample_real(self.cfg.batch_size, self.rng)
+            real = self._local(self.problem.sample_real(self.cfg.batch_size, self.rng))
             loss = losses.regression_loss(real["y"], self.models["constrainer"](real["x"]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _descend(opt, loss)
         self.pretrained = True
-        _check_finite({"C4 (pre-training)": loss.item()}, 0, self.run_dir)
+        terms = distributed.average_values({"C4 (pre-training)": loss.item()})
+        _check_finite(terms, 0, self.run_dir)
         return loss.item()
 
     def iteration(self) -> dict[str, float]:
@@ -315,7 +346,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v / self.cfg.n_critic
         sums.update(self.generator_step())
         self.step += 1
-        return sums
+        return distributed.average_values(sums)  # the global batch's terms under torchrun
 
     # --- loop, history, checkpoints ----------------------------------------------------
     def run(self, until: int | None = None) -> Trainer:
@@ -323,12 +354,17 @@ class Trainer:
         end = self.cfg.iterations if until is None else min(until, self.cfg.iterations)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.broadcast_modules([*self.models.values(), self.ema])
         if not self.pretrained:
             self.pretrain_constrainer()
-        bar = _progress(self.progress, self.step, self.cfg.iterations)
+        bar = _progress(
+            self.progress and distributed.is_main_process(), self.step, self.cfg.iterations
+        )
         try:
             while self.step < end:
                 start = time.perf_counter()
+                if self.parallel:  # dropout masks differ between processes, resumes stay exact
+                    distributed.seed_process(self.cfg.seed, self.step)
                 terms = self.iteration()
                 self.elapsed += time.perf_counter() - start
                 _check_finite(terms, self.step, self.run_dir)
@@ -346,7 +382,7 @@ class Trainer:
         return self
 
     def _log(self, terms: Mapping[str, float]) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not distributed.is_main_process():
             return
         lrs = {f"lr_{k}": self.optimisers[k].param_groups[0]["lr"] for k in self.optimisers}
         line = {"step": self.step, **terms, **lrs, "time": round(self.elapsed, 3)}
@@ -389,22 +425,47 @@ class Trainer:
         return self
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``RUN/checkpoint.pt`` atomically (temporary name, then rename)."""
-        if self.run_dir is None:
+        """Write ``RUN/checkpoint.pt`` atomically (temporary name, then rename); process 0 only
+        (the others return None)."""
+        if self.run_dir is None or not distributed.is_main_process():
             return None
         path = self.run_dir / CHECKPOINT_NAME
         return save_checkpoint(self.state_dict(), path)  # hashed, fsynced, atomic
 
     def resume(self) -> Trainer:
-        """Continue from ``RUN/checkpoint.pt``: restore all state, cut history back to it."""
+        """Continue from ``RUN/checkpoint.pt``: restore all state, cut history back to it.
+
+        Every process loads the same checkpoint; process 0 cuts the history."""
         require(self.run_dir is not None, "resume needs a run directory")
         state = load_checkpoint(self.run_dir, map_location="cpu")
         self.load_state_dict(state)
         history = self.run_dir / HISTORY_NAME
-        if history.exists():
+        if history.exists() and distributed.is_main_process():
             with open(history, "r+b") as f:
                 f.truncate(int(state["history_bytes"]))
         return self
+
+
+def _descend(opt: torch.optim.Optimizer, loss: Tensor) -> None:
+    """Backward, average the gradients over the processes (torchrun), one optimiser step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(p for group in opt.param_groups for p in group["params"])
+    opt.step()
+
+
+def _check_devices(models: Mapping[str, nn.Module]) -> None:
+    """Under torchrun a CUDA model must sit on this process's GPU (cuda:LOCAL_RANK)."""
+    if distributed.world_size() == 1 or not torch.cuda.is_available():
+        return
+    own = torch.cuda.current_device()
+    for name, model in models.items():
+        device = next(model.parameters()).device
+        if device.type == "cuda" and device.index != own:
+            raise DetganError(
+                f"under torchrun the {name} of process {distributed.rank()} is on {device}, not "
+                f"its own GPU cuda:{own}; use --device cuda (each process takes cuda:LOCAL_RANK)"
+            )
 
 
 def _check_finite(terms: Mapping[str, float], step: int, run_dir: Path | None) -> None:
@@ -429,7 +490,14 @@ def _progress(enabled: bool, initial: int, total: int):
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Check or make a run directory: resuming needs its checkpoint; a non-empty directory is
-    only restarted with ``overwrite`` (its checkpoint, history and config are removed)."""
+    only restarted with ``overwrite`` (its checkpoint, history and config are removed).
+    Under torchrun process 0 checks and clears it while the others wait."""
+    distributed.init_from_environment()
+    distributed.on_main_process(lambda: _prepare_run_dir(run_dir, resume, overwrite))
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         require(
             (run_dir / CHECKPOINT_NAME).is_file(),
@@ -444,7 +512,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
         for name in (CHECKPOINT_NAME, HISTORY_NAME, "config.json"):
             (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def load_run(

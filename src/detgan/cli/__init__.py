@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -78,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     catch_interrupts()
     try:
+        if "LOCAL_RANK" in os.environ:  # one process of a torchrun group
+            from detgan.distributed import init_from_environment
+
+            init_from_environment(args.command)
         code = int(args.func(args) or 0)
         if was_interrupted():
             raise KeyboardInterrupt
