@@ -163,7 +163,7 @@ def run_refine(args: argparse.Namespace) -> int:
 
 
 def run_study(args: argparse.Namespace) -> int:
-    from detgan.studies.refine import STUDY_PRESETS, run_refine_study
+    from detgan.studies.refine_study import STUDY_PRESETS, run_refine_study
 
     cfg = STUDY_PRESETS[args.preset].replace(**parse_assignments(args.set))
     threads = set_threads(args.threads)
