@@ -47,6 +47,7 @@ __all__ = [
     "check_global_batch",
     "local_rows",
     "LocalRows",
+    "EventWindow",
     "average_gradients",
     "average_values",
     "broadcast_modules",
@@ -161,6 +162,42 @@ class LocalRows(nn.Module):
         before = out.new_zeros((self.rows.start, *out.shape[1:]))
         after = out.new_zeros((n - self.rows.stop, *out.shape[1:]))
         return torch.cat([before, out, after])
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("module"), name)
+
+
+class EventWindow(nn.Module):
+    """``module`` evaluated only on calls whose events overlap [start, stop) of a sequence.
+
+    Events are counted over successive calls (first argument (n, ...) each). A call overlapping
+    the window runs ``module`` on all its rows, so results are those of the unsharded call
+    bit for bit; any other call returns zeros of the output's shape. A sampler that draws the
+    latent noise of every event in order thus reproduces events [start, stop) of its unsharded
+    output while computing only the batches holding them (sharded generation).
+    """
+
+    def __init__(self, module: nn.Module, start: int, stop: int) -> None:
+        super().__init__()
+        self.module, self.start, self.stop = module, int(start), int(stop)
+        self.seen = 0
+        self._template: tuple[tuple[int, ...], torch.dtype] | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        first, n = self.seen, args[0].shape[0]
+        self.seen += n
+        if first < self.stop and self.seen > self.start:
+            out = self.module(*args, **kwargs)
+            self._template = (tuple(out.shape[1:]), out.dtype)
+            return out
+        if self._template is None:  # learn the output's shape from one event
+            probe = self.module(*(a[:1] if isinstance(a, Tensor) else a for a in args), **kwargs)
+            self._template = (tuple(probe.shape[1:]), probe.dtype)
+        shape, dtype = self._template
+        return args[0].new_zeros((n, *shape), dtype=dtype)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "detgan.cli.calo",
     "detgan.cli.evaluate",
     "detgan.cli.footprint",
+    "detgan.cli.merge",
     "detgan.cli.calo_models",
     "detgan.cli.refine",
     "detgan.cli.perf",

@@ -68,6 +68,21 @@ def register(commands, groups) -> None:
         required=True,
         help="FILE.h5 (its energies), uniform:LOW,HIGH or one VALUE, in EeV",
     )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        metavar="K",
+        help="split the N events into K contiguous parts and write only part --shard-index; "
+        "'detgan merge' joins the K files into the unsharded output (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shard-index",
+        type=int,
+        default=None,
+        metavar="I",
+        help="which part to write, 0..K-1 (with --shards)",
+    )
     add_seed(p)
     add_output(p, "output HDF5 file")
     add_runtime(p)
@@ -129,24 +144,44 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """``detgan generate RUN``: footprint runs here, calorimeter runs via detgan.studies.calo."""
+    """``detgan generate RUN``: footprint runs here, calorimeter runs via detgan.studies.calo;
+    with ``--shards K --shard-index I`` one part via detgan.studies.shards."""
     from detgan.studies.calo import generate_calo, is_calo_run
     from detgan.studies.footprint import generate
 
     sample = generate_calo if is_calo_run(args.run) else generate
-    device = _runtime(args)
     if args.events is not None and args.events < 1:
         raise DetganError(f"-n must be at least 1, got {args.events}")
+    sharded = args.shards != 1 or args.shard_index is not None
+    if sharded:
+        if args.shards < 1:
+            raise DetganError(f"--shards must be at least 1, got {args.shards}")
+        if args.shard_index is None:
+            raise DetganError(
+                f"--shards {args.shards} needs --shard-index I (0..{args.shards - 1})"
+            )
+        if not 0 <= args.shard_index < args.shards:
+            raise DetganError(
+                f"--shard-index must lie in 0..{args.shards - 1}, got {args.shard_index}"
+            )
+    device = _runtime(args)
     seed_everything(args.seed)
-    out = sample(
-        args.run,
-        args.events,
-        args.energy,
-        args.seed,
-        args.output,
-        device=device,
-        overwrite=args.overwrite,
-    )
+    common = dict(device=device, overwrite=args.overwrite)
+    if sharded:
+        from detgan.studies.shards import generate_shard
+
+        out = generate_shard(
+            args.run,
+            args.events,
+            args.energy,
+            args.seed,
+            args.output,
+            args.shards,
+            args.shard_index,
+            **common,
+        )
+    else:
+        out = sample(args.run, args.events, args.energy, args.seed, args.output, **common)
     print(f"wrote '{out}'")
     return 0
 
