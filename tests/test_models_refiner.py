@@ -123,7 +123,7 @@ def test_config_errors_name_the_field():
 
 def test_regressor_learns_a_known_linear_relation():
     """Traces = a fixed pulse scaled by E; the regressor recovers y = log10 E (rms < 0.05)."""
-    from detgan.studies.refine import RefineStudyConfig, predict_energy, train_regressor
+    from detgan.studies.refine_study import RefineStudyConfig, predict_energy, train_regressor
 
     gen = torch.Generator().manual_seed(0)
     n, bins = 600, 20

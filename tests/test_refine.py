@@ -12,7 +12,6 @@ import torch
 from detgan.io.native import read_arrays, read_attrs
 from detgan.sim.airshower import make_config
 from detgan.sim.run import write_airshower_file
-from detgan.studies import refine, refine_report, refine_study
 from detgan.studies.refine import (
     REFINE_PRESETS,
     RefineSetup,
@@ -75,14 +74,6 @@ def test_presets_are_valid_and_paper_matches_section_3():
         paper.with_overrides({"chanels": 3})
     with pytest.raises(DetganError, match="unknown refiner preset 'fast'"):
         refine_preset("fast")
-
-
-def test_study_names_stay_importable_from_refine():
-    for name in refine_study.__all__:
-        assert getattr(refine, name) is getattr(refine_study, name)
-    assert refine.render_study_markdown is refine_report.render_study_markdown
-    with pytest.raises(AttributeError, match="has no attribute 'run_study'"):
-        refine.run_study  # noqa: B018
 
 
 def test_net_units_round_trip_and_split():

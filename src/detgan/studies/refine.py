@@ -465,15 +465,3 @@ def _bar(enabled: bool, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="ev", desc="refining", dynamic_ncols=True)
-
-
-def __getattr__(name: str) -> Any:
-    """The study's names, defined here before the study moved out, stay importable from here
-    (loaded on first use: the study modules import this one)."""
-    if not name.startswith("_"):
-        from detgan.studies import refine_report, refine_study
-
-        for module in (refine_study, refine_report):
-            if name in module.__all__:
-                return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
