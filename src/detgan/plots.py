@@ -29,6 +29,10 @@ __all__ = [
     "energy_scatter",
     "trace_comparison",
     "loss_curve",
+    "footprint_patterns",
+    "energy_correlation",
+    "loss_panels",
+    "footprint_comparison",
 ]
 
 REF_STYLE = {"color": "0.55", "label": "reference"}
@@ -351,4 +355,111 @@ def loss_curve(
         )
         ax.legend(fontsize=7)
     ax.set(xlabel=xlabel, ylabel=ylabel)
+    return fig
+
+
+def _station_map(ax: Any, values: np.ndarray, vmax: float) -> Any:
+    """Hexagonal station map of one footprint (n, n) on ``ax`` ('offset' grid, airshower.md §3)."""
+    from detgan.observables import station_grid
+
+    xy = station_grid(values.shape[0])
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    kw = {"s": 90, "marker": "h", "cmap": "viridis", "vmin": 0, "vmax": vmax, "edgecolors": "none"}
+    return ax.scatter(xy[:, 0], xy[:, 1], c=values.ravel(), **kw)
+
+
+def footprint_patterns(
+    patterns: np.ndarray, titles: Sequence[Sequence[str]], *, label: str = "log10(S/VEM + 1)"
+) -> Figure:
+    """A grid of footprints ``patterns`` (rows, cols, n, n) as station maps on one colour scale,
+    ``titles[row][col]`` above each (Fig. 2 of arXiv:1802.03325)."""
+    rows, cols = patterns.shape[:2]
+    fig = Figure(figsize=(3 * cols, 3 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    vmax = float(patterns.max()) or 1.0
+    for r in range(rows):
+        for c in range(cols):
+            im = _station_map(axes[r, c], patterns[r, c], vmax)
+            axes[r, c].set_title(titles[r][c], fontsize=9)
+    fig.colorbar(im, ax=axes, label=label, shrink=0.8)
+    return fig
+
+
+def energy_correlation(label: np.ndarray, estimate: np.ndarray, *, title: str = "") -> Figure:
+    """An energy estimate (N,) against the label energy (N,) in EeV, with the diagonal (Fig. 3 of
+    arXiv:1802.03325: the constrainer's energy of generated footprints)."""
+    fig = Figure(figsize=(4.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(label, estimate, s=2, alpha=0.3, rasterized=True)
+    lim = [0, max(float(np.max(label)), float(np.max(estimate))) * 1.05]
+    ax.plot(lim, lim, "k--", lw=1)
+    ax.set(xlabel="E_label [EeV]", ylabel="E_constrainer [EeV]", title=title)
+    return fig
+
+
+def loss_panels(
+    step: np.ndarray,
+    panels: Sequence[Mapping[str, np.ndarray]],
+    *,
+    log_panels: Sequence[int] = (),
+    skip_fraction: float = 0.02,
+) -> Figure:
+    """Side-by-side panels of loss curves against the iteration ``step`` (N,); ``panels[i]``
+    maps a name to its values (N,), drawn raw and as a running mean over ~N/100 steps (Fig. 4 of
+    arXiv:1802.03325). Linear panels are zoomed past the first ``skip_fraction`` of training."""
+    fig = Figure(figsize=(4 * len(panels), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    w = max(1, len(step) // 100)
+    start = int(len(step) * skip_fraction)
+    for i, (ax, series) in enumerate(zip(axes, panels)):
+        late = []
+        for name, values in series.items():
+            v = np.asarray(values, dtype=float)
+            ax.plot(step, v, alpha=0.25, lw=0.5)
+            ax.plot(step[w - 1 :], np.convolve(v, np.ones(w) / w, mode="valid"), label=name)
+            late.append(v[start:])
+        ax.set_xlabel("generator iteration")
+        ax.legend()
+        if i in log_panels:
+            ax.set_yscale("log")
+            continue
+        lo, hi = np.nanmin(np.concatenate(late)), np.nanmax(np.concatenate(late))
+        if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    return fig
+
+
+def footprint_comparison(
+    deciles: tuple[np.ndarray, np.ndarray, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+    lateral: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> Figure:
+    """Generated vs reference footprints in four panels: ``deciles`` = (energy-decile centres,
+    reference means, candidate means) of Σ log10(S+1); histograms of ``n_stations`` and
+    ``hottest_signal`` (per-event arrays in ``reference``/``candidate``); ``lateral`` =
+    (distance in spacings, reference profile, candidate profile)."""
+    fig = Figure(figsize=(13, 3.4), layout="constrained")
+    axes = fig.subplots(1, 4)
+    centre, ref_mean, cand_mean = deciles
+    axes[0].plot(centre, ref_mean, "ko", label="reference")
+    axes[0].plot(centre, cand_mean, "r^", label="generated")
+    axes[0].set(xlabel="E [EeV] (decile centre)", ylabel="mean Σ log10(S+1)")
+    top = max(reference["n_stations"].max(), candidate["n_stations"].max())
+    for ax, key, bins, xlabel in (
+        (axes[1], "n_stations", np.arange(-0.5, top + 1.5), "stations above threshold"),
+        (axes[2], "hottest_signal", 40, "hottest station log10(S+1)"),
+    ):
+        edges = np.histogram_bin_edges(np.concatenate([reference[key], candidate[key]]), bins)
+        ax.hist(reference[key], edges, histtype="step", color="k", label="reference")
+        ax.hist(candidate[key], edges, histtype="step", color="r", label="generated")
+        ax.set_xlabel(xlabel)
+    distance, ref_prof, cand_prof = lateral
+    axes[3].plot(distance, ref_prof, "ko-", label="reference")
+    axes[3].plot(distance, cand_prof, "r^--", label="generated")
+    axes[3].set(xlabel="distance to hottest station [spacings]", ylabel="mean log10(S+1)")
+    for ax in axes:
+        ax.legend(fontsize=8)
     return fig
