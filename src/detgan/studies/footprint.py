@@ -622,127 +622,44 @@ def run_footprint_study(
 
 
 # ---------------------------------------------------------------------------- figures, report
-def _hexmap(ax, values: np.ndarray, vmax: float) -> Any:
-    from detgan.observables import station_grid
-
-    xy = station_grid(values.shape[0])
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return ax.scatter(
-        xy[:, 0],
-        xy[:, 1],
-        c=values.ravel(),
-        s=90,
-        marker="h",
-        cmap="viridis",
-        vmin=0,
-        vmax=vmax,
-        edgecolors="none",
-    )
-
-
-def _fig_patterns(path: Path, extra: dict[str, Any]) -> bool:
+def _fig_patterns(extra: dict[str, Any]) -> Any:
     """Fig. 2: fixed-noise patterns for 10, 30, 70, 100 EeV, earliest and latest snapshot."""
-    from matplotlib.figure import Figure
+    from detgan.plots import footprint_patterns
 
     snaps, steps = extra.get("snapshots"), list(extra.get("snapshot_steps", []))
     if snaps is None or len(steps) < 1:
-        return False
+        return None
     rows = [0, len(steps) - 1] if len(steps) > 1 else [0]
     energies = extra.get("snapshot_energies", SNAPSHOT_ENERGIES)
-    fig = Figure(figsize=(3 * len(energies), 3 * len(rows) + 0.4), layout="constrained")
-    axes = fig.subplots(len(rows), len(energies), squeeze=False)
-    vmax = float(snaps.max()) or 1.0
-    for r, s in enumerate(rows):
-        for c, e in enumerate(energies):
-            im = _hexmap(axes[r, c], snaps[s, c].numpy(), vmax)
-            axes[r, c].set_title(f"{e:g} EeV, iteration {steps[s]}", fontsize=9)
-    fig.colorbar(im, ax=axes, label="log10(S/VEM + 1)", shrink=0.8)
-    fig.savefig(path, dpi=110)
-    return True
+    titles = [[f"{e:g} EeV, iteration {steps[s]}" for e in energies] for s in rows]
+    return footprint_patterns(snaps[rows].numpy(), titles)
 
 
-def _fig_constrainer(path: Path, label: np.ndarray, estimate: np.ndarray, corr: float) -> None:
-    """Fig. 3: constrainer energy against the generator's label energy."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.5, 4.2), layout="constrained")
-    ax = fig.subplots()
-    ax.scatter(label, estimate, s=2, alpha=0.3)
-    lim = [0, max(float(label.max()), float(estimate.max())) * 1.05]
-    ax.plot(lim, lim, "k--", lw=1)
-    ax.set(
-        xlabel="E_label [EeV]",
-        ylabel="E_constrainer [EeV]",
-        title=f"{len(label)} generated events, r = {corr:.3f}",
-    )
-    fig.savefig(path, dpi=110)
-
-
-def _fig_losses(path: Path, history: list[dict[str, float]]) -> bool:
+def _fig_losses(history: list[dict[str, float]]) -> Any:
     """Fig. 4: (a) −C1 and C2, (b) C4, (c) C3 against the generator iteration."""
-    from matplotlib.figure import Figure
+    from detgan.plots import loss_panels
 
     if not history:
-        return False
-    step = np.array([h["step"] for h in history])
-    fig = Figure(figsize=(12, 3.4), layout="constrained")
-    axes = fig.subplots(1, 3)
-    series = [
-        (0, "−C1", [-h.get("C1", np.nan) for h in history]),
-        (0, "C2", [h.get("C2", np.nan) for h in history]),
-        (1, "C4", [h.get("C4", np.nan) for h in history]),
-        (2, "C3", [h.get("C3", np.nan) for h in history]),
-    ]
-    width = max(1, len(step) // 100)
-    for i, name, values in series:
-        v = np.asarray(values, dtype=float)
-        smooth = np.convolve(v, np.ones(width) / width, mode="valid")
-        axes[i].plot(step, v, alpha=0.25, lw=0.5)
-        axes[i].plot(step[width - 1 :], smooth, label=name)
-        axes[i].legend()
-        axes[i].set_xlabel("generator iteration")
-    late = [np.asarray(series[0][2], dtype=float), np.asarray(series[1][2], dtype=float)]
-    start = len(step) // 50  # the first 2 % of training would dwarf the rest of panel (a)
-    lo = min(np.nanmin(a[start:]) for a in late)
-    hi = max(np.nanmax(a[start:]) for a in late)
-    if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
-        axes[0].set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
-    axes[1].set_yscale("log")
-    axes[2].set_yscale("log")
-    fig.savefig(path, dpi=110)
-    return True
+        return None
+
+    def series(name: str, sign: float = 1.0) -> np.ndarray:
+        return np.array([sign * h.get(name, np.nan) for h in history], dtype=float)
+
+    panels = [{"−C1": series("C1", -1.0), "C2": series("C2")}, {"C4": series("C4")}]
+    panels.append({"C3": series("C3")})
+    return loss_panels(np.array([h["step"] for h in history]), panels, log_panels=(1, 2))
 
 
-def _fig_comparison(path: Path, result: dict, obs_ref: dict, obs_gen: dict) -> None:
+def _fig_comparison(result: dict, obs_ref: dict, obs_gen: dict) -> Any:
     """Generated vs reference: total signal per decile, stations, hottest station, lateral."""
-    from matplotlib.figure import Figure
+    from detgan.plots import footprint_comparison
 
-    fig = Figure(figsize=(13, 3.4), layout="constrained")
-    axes = fig.subplots(1, 4)
     rows = result["deciles"]["sum_log_signal"]
-    centre = [0.5 * (r["e_low"] + r["e_high"]) for r in rows]
-    axes[0].plot(centre, [r["reference"] for r in rows], "ko", label="reference")
-    axes[0].plot(centre, [r["generated"] for r in rows], "r^", label="generated")
-    axes[0].set(xlabel="E [EeV] (decile centre)", ylabel="mean Σ log10(S+1)")
-    bins = np.arange(-0.5, max(obs_ref["n_stations"].max(), obs_gen["n_stations"].max()) + 1.5)
-    for ax, key, b, label in (
-        (axes[1], "n_stations", bins, "stations above threshold"),
-        (axes[2], "hottest_signal", 40, "hottest station log10(S+1)"),
-    ):
-        edges = np.histogram_bin_edges(np.concatenate([obs_ref[key], obs_gen[key]]), bins=b)
-        ax.hist(obs_ref[key], edges, histtype="step", color="k", label="reference")
-        ax.hist(obs_gen[key], edges, histtype="step", color="r", label="generated")
-        ax.set_xlabel(label)
+    centre = np.array([0.5 * (r["e_low"] + r["e_high"]) for r in rows])
+    deciles = (centre, *(np.array([r[k] for r in rows]) for k in ("reference", "generated")))
     lat = result["lateral_profile"]
-    mid = lat["distance"]
-    axes[3].plot(mid, lat["reference"], "ko-", label="reference")
-    axes[3].plot(mid, lat["generated"], "r^--", label="generated")
-    axes[3].set(xlabel="distance to hottest station [spacings]", ylabel="mean log10(S+1)")
-    for ax in axes:
-        ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
+    lateral = (np.array(lat["distance"]), np.array(lat["reference"]), np.array(lat["generated"]))
+    return footprint_comparison(deciles, obs_ref, obs_gen, lateral)
 
 
 def _make_figures(
@@ -755,18 +672,26 @@ def _make_figures(
     obs_ref: dict,
     obs_gen: dict,
 ) -> dict:
-    figures = {}
-    if _fig_patterns(out_dir / "fig2_patterns.png", model.extra):
-        figures["Fig. 2: generated patterns, early and late in training"] = "fig2_patterns.png"
-    _fig_constrainer(
-        out_dir / "fig3_constrainer.png", label, estimate, result["constrainer"]["correlation"]
-    )
-    figures["Fig. 3: constrainer energy vs label"] = "fig3_constrainer.png"
-    if _fig_losses(out_dir / "fig4_losses.png", history):
-        figures["Fig. 4: loss curves"] = "fig4_losses.png"
-    _fig_comparison(out_dir / "comparison.png", result, obs_ref, obs_gen)
-    figures["Generated vs reference"] = "comparison.png"
-    return figures
+    """Draws Figs. 2–4 and the comparison into ``out_dir``; returns {caption: file name}."""
+    from detgan.plots import energy_correlation
+
+    corr = result["constrainer"]["correlation"]
+    figures = {
+        ("fig2_patterns.png", "Fig. 2: generated patterns, early and late in training"): (
+            _fig_patterns(model.extra)
+        ),
+        ("fig3_constrainer.png", "Fig. 3: constrainer energy vs label"): energy_correlation(
+            label, estimate, title=f"{len(label)} generated events, r = {corr:.3f}"
+        ),
+        ("fig4_losses.png", "Fig. 4: loss curves"): _fig_losses(history),
+        ("comparison.png", "Generated vs reference"): _fig_comparison(result, obs_ref, obs_gen),
+    }
+    written = {}
+    for (name, caption), fig in figures.items():
+        if fig is not None:
+            fig.savefig(out_dir / name, dpi=110)
+            written[caption] = name
+    return written
 
 
 def _write_report(out_dir: Path, result: dict[str, Any], figures: dict[str, str]) -> None:
