@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 from detgan.config import load_config_file, parse_assignments
 
-__all__ = ["add_seed", "add_output", "add_runtime", "add_overrides", "read_overrides"]
+__all__ = [
+    "add_seed",
+    "add_output",
+    "add_runtime",
+    "add_overrides",
+    "read_overrides",
+    "add_training",
+    "runtime",
+    "configured",
+    "run_training",
+]
 
 
 def add_seed(parser: argparse.ArgumentParser, default: int | None = 0) -> None:
@@ -45,6 +59,19 @@ def add_overrides(parser: argparse.ArgumentParser, what: str, example: str) -> N
     )
 
 
+def add_training(parser: argparse.ArgumentParser, example: str) -> None:
+    """The options every ``train`` command shares: ``-o RUN``, ``--overwrite``, ``--resume``,
+    ``--config``/``--set`` (``example``: a ``NAME=VALUE``), ``--seed``, runtime, ``--quiet``."""
+    add_output(parser, "run directory")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in -o from its checkpoint"
+    )
+    add_overrides(parser, "setting", example)
+    add_seed(parser, default=None)
+    add_runtime(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def read_overrides(args: argparse.Namespace, *forbidden: str) -> dict:
     """The settings of ``--config`` updated by ``--set``; ``forbidden`` names have options."""
     values = load_config_file(args.config) if args.config else {}
@@ -55,3 +82,52 @@ def read_overrides(args: argparse.Namespace, *forbidden: str) -> dict:
 
             raise DetganError(f"set {name} with --{name}, not in the config overrides")
     return values
+
+
+def runtime(args: argparse.Namespace) -> str:
+    """Applies ``--threads`` and resolves ``--device`` (auto|cpu|cuda[:i]); the device name."""
+    from detgan.utils import resolve_device, set_threads
+
+    set_threads(args.threads)
+    return str(resolve_device(args.device))
+
+
+def configured(args: argparse.Namespace, setup: Any) -> Any:
+    """A preset ``setup`` with the ``--config``/``--set``/``--seed`` overrides of a train
+    command (validated here, before any work)."""
+    overrides = read_overrides(args)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.resume and overrides:
+        print("detgan: resuming: the run's stored configuration is used", file=sys.stderr)
+    return setup.with_overrides(overrides)
+
+
+def run_training(
+    args: argparse.Namespace,
+    what: str,
+    setup: Any,
+    train: Callable[..., Any],
+    *inputs: Any,
+    **options: Any,
+) -> int:
+    """The ``train`` commands: the :func:`configured` ``setup`` is trained by ``train(setup,
+    *inputs, args.output, device=…, resume=…, overwrite=…, progress=…, **options)`` from the
+    run's seed; prints where the run is and how long it took."""
+    from detgan.utils import seed_everything
+
+    device = runtime(args)
+    seed_everything(setup.train.seed)
+    start = time.perf_counter()
+    run = train(
+        setup,
+        *inputs,
+        args.output,
+        device=device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        **options,
+    )
+    print(f"trained {what} run '{run}' in {time.perf_counter() - start:.0f} s on {device}")
+    return 0

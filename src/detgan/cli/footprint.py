@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from pathlib import Path
 
-from detgan.cli._common import add_output, add_runtime, add_seed
-from detgan.config import load_config_file, parse_assignments
-from detgan.utils import DetganError, resolve_device, seed_everything, set_threads
+from detgan.cli._common import (
+    add_output,
+    add_runtime,
+    add_seed,
+    add_training,
+    configured,
+    run_training,
+    runtime,
+)
+from detgan.utils import DetganError, seed_everything
 
 __all__ = ["register"]
 
@@ -33,20 +38,7 @@ def register(commands, groups) -> None:
         "(default: %(default)s)",
     )
     p.add_argument("--data", required=True, help="training file with 'footprint' and 'energy'")
-    add_output(p, "run directory")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in -o from its checkpoint"
-    )
-    p.add_argument("--config", help="JSON or TOML file of setting overrides")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="NAME=VALUE",
-        help="override one setting, e.g. --set iterations=2000 (repeatable)",
-    )
-    add_seed(p, default=None)
-    add_runtime(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training(p, "iterations=2000")
     p.set_defaults(func=run_train)
 
     p = commands.add_parser(
@@ -110,37 +102,11 @@ def register(commands, groups) -> None:
     p.set_defaults(func=run_study)
 
 
-def _runtime(args: argparse.Namespace) -> str:
-    set_threads(args.threads)
-    device = resolve_device(args.device)
-    return str(device)
-
-
 def run_train(args: argparse.Namespace) -> int:
     from detgan.studies.footprint import footprint_preset, train_footprint
 
-    device = _runtime(args)
-    setup = footprint_preset(args.preset)
-    overrides = load_config_file(args.config) if args.config else {}
-    overrides.update(parse_assignments(args.set))
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    setup = setup.with_overrides(overrides)
-    if args.resume and (overrides or args.preset != "quick"):
-        print("detgan: resuming: the run's stored configuration is used", file=sys.stderr)
-    seed_everything(setup.train.seed)
-    start = time.perf_counter()
-    run = train_footprint(
-        setup,
-        args.data,
-        args.output,
-        device=device,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-    print(f"trained footprint run '{run}' in {time.perf_counter() - start:.0f} s on {device}")
-    return 0
+    setup = configured(args, footprint_preset(args.preset))
+    return run_training(args, "footprint", setup, train_footprint, args.data)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -164,7 +130,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise DetganError(
                 f"--shard-index must lie in 0..{args.shards - 1}, got {args.shard_index}"
             )
-    device = _runtime(args)
+    device = runtime(args)
     seed_everything(args.seed)
     common = dict(device=device, overwrite=args.overwrite)
     if sharded:
@@ -189,7 +155,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_study(args: argparse.Namespace) -> int:
     from detgan.studies.footprint import run_footprint_study
 
-    device = _runtime(args)
+    device = runtime(args)
     if Path(args.reference).resolve() == Path(args.run).resolve():
         raise DetganError("--reference must be a simulation file, not the run directory")
     seed_everything(args.seed)

@@ -10,8 +10,14 @@ import json
 import time
 from pathlib import Path
 
-from detgan.cli._common import add_output, add_runtime, add_seed
-from detgan.config import load_config_file, parse_assignments
+from detgan.cli._common import (
+    add_output,
+    add_runtime,
+    add_training,
+    configured,
+    run_training,
+)
+from detgan.config import parse_assignments
 from detgan.utils import DetganError, check_output_path, set_threads
 
 __all__ = ["register"]
@@ -41,20 +47,8 @@ def _register_train(train) -> None:
         help="paper: Table 3 as published (GPU); full: 2 h on 2 cores; quick: "
         "minutes (default: %(default)s)",
     )
-    p.add_argument("-o", "--output", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in the directory")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty directory")
     p.add_argument("--iterations", type=int, default=None, help="refiner iterations (override)")
-    p.add_argument("--config", help="JSON or TOML file of setting overrides")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="NAME=VALUE",
-        help="override one setting, e.g. --set self_regularisation=0.1 (repeatable)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_seed(p, default=None)
-    add_runtime(p)
+    add_training(p, "self_regularisation=0.1")
     p.set_defaults(func=run_train)
 
 
@@ -102,43 +96,17 @@ def _register_study(study) -> None:
     p.set_defaults(func=run_study)
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    values = load_config_file(args.config) if getattr(args, "config", None) else {}
-    values.update(parse_assignments(args.set))
-    if getattr(args, "iterations", None) is not None:
-        values["iterations"] = args.iterations
-    if getattr(args, "seed", None) is not None:
-        values["seed"] = args.seed
-    return values
-
-
 def run_train(args: argparse.Namespace) -> int:
     from detgan.studies.refine import refine_preset, train_refiner
 
-    setup = refine_preset(args.preset).with_overrides(_overrides(args))
-    threads = set_threads(args.threads)
+    setup = configured(args, refine_preset(args.preset))
     for path in (args.sim, args.data):
         if not Path(path).is_file():
             raise DetganError(
                 f"file '{path}' not found; simulate it with 'detgan simulate airshower'"
             )
-    start = time.perf_counter()
-    run = train_refiner(
-        setup,
-        args.sim,
-        args.data,
-        args.output,
-        device=args.device,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        iterations=args.iterations,
-    )
-    print(
-        f"trained refiner ({args.preset}) in {run} in {time.perf_counter() - start:.0f} s "
-        f"on {threads} thread(s)"
-    )
-    return 0
+    inputs = (args.sim, args.data)
+    return run_training(args, "refiner", setup, train_refiner, *inputs, iterations=args.iterations)
 
 
 def run_refine(args: argparse.Namespace) -> int:
