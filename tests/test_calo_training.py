@@ -12,6 +12,7 @@ import torch
 
 from detgan.cli import main
 from detgan.io.showers import load_showers, save_showers
+from detgan.models.calo import build_calo_models
 from detgan.sim.calorimeter import CaloSimConfig, simulate
 from detgan.studies.calo import (
     CALO_PRESETS,
@@ -21,6 +22,7 @@ from detgan.studies.calo import (
     is_calo_run,
     load_calo_model,
     run_calo_study,
+    straight_through_threshold,
     train_calo,
 )
 from detgan.train import load_checkpoint
@@ -80,6 +82,43 @@ def test_dense_generation_shares_the_energy_then_thresholds(data, tmp_path):
     assert (thr.sum(1) >= 0.5 * e_tot).all()
     mid = thr[:, :21]
     assert ((mid == 0) | (mid >= 200.0)).all()  # Middle threshold 200 MeV after generation
+
+
+def test_straight_through_threshold_zeroes_forward_and_passes_gradient():
+    frac = torch.tensor([[0.5, 0.3, 0.15, 0.05]], requires_grad=True)
+    energy, thr = torch.tensor([1000.0]), torch.tensor([100.0, 100.0, 100.0, 100.0])
+    out = straight_through_threshold(frac, energy, thr)
+    torch.testing.assert_close(out.detach(), torch.tensor([[0.5, 0.3, 0.15, 0.0]]))
+    (out * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    torch.testing.assert_close(frac.grad, torch.tensor([[1.0, 2.0, 3.0, 4.0]]))  # identity
+
+
+@pytest.mark.parametrize("kind", ["dense", "calochallenge"])
+def test_threshold_fakes_shows_the_critic_thresholded_showers(kind, data, tmp_path):
+    """With ``threshold_fakes`` the critic sees no generated cell below its threshold (as for
+    the real cells), and every generator parameter still gets a gradient."""
+    from detgan.studies import calo as study
+
+    setup = _setup(kind, threshold_fakes=True)
+    showers, cells, cond = study._load_training(data / FILES[kind], setup, 0)
+    models = build_calo_models(kind, setup.model, study._layer_sizes(showers.layout))
+    gen = models["generator"]
+    energy = torch.from_numpy(cond).float()
+    thr = torch.from_numpy(study._cell_thresholds(showers.layout)).float()
+    x = torch.zeros(len(cond), showers.layout.n_cells)  # only shapes matter here
+    y = torch.zeros(len(cond), 1)
+    problem = study._problem(kind, setup, x, y, gen.noise_dim, energy, thr)
+    rng = torch.Generator().manual_seed(0)
+    batch = problem.sample_real(32, rng)
+    assert set(batch) == {"x", "y", "e"}
+    batch["e"][:16] = 100.0  # 100 MeV events: the untrained generator's cells fall below
+    fake, _ = problem.sample_fake(gen, batch, rng)
+    frac = fake if kind == "dense" else setup.model.frac_scale * torch.expm1(fake)
+    cells_mev = frac.detach() * batch["e"][:, None]
+    assert ((cells_mev == 0) | (cells_mev >= thr * (1 - 1e-5))).all()
+    assert (cells_mev[:16] == 0).any() and (cells_mev[16:] > 0).any()
+    models["critic"](fake, batch["y"]).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.parameters())
 
 
 def test_resume_is_exact(data, tmp_path):

@@ -9,6 +9,7 @@ from detgan import losses
 from detgan.models.calo import (
     CaloChallengeModelConfig,
     DenseCaloConfig,
+    DenseCaloCritic,
     LHCbConvConfig,
     build_calo_models,
     model_config_class,
@@ -75,6 +76,54 @@ def test_dense_softmax_conserves_energy():
     torch.testing.assert_close(cells.sum(1), energy, rtol=1e-5, atol=0.0)
 
 
+DENSE_OPTIONS = DenseCaloConfig(
+    latent_dim=10, hidden=32, critic_log_scale=1e-3, critic_layer_sums=True
+)
+
+
+def test_dense_critic_options_shapes_and_gradients():
+    models = build_calo_models("dense", DENSE_OPTIONS, ATLAS_SIZES)
+    critic = models["critic"]
+    assert critic.net[0].in_features == 89 + 4 + 1  # cells, 4 layer sums, condition
+    z, y = torch.randn(6, 10), torch.randn(6, 1)
+    fake = models["generator"](z, y)
+    assert critic(fake, y).shape == (6,)
+    (critic(fake, y).sum() + critic(torch.rand(6, 89), y).sum()).backward()
+    for name in ("generator", "critic"):
+        for pname, p in models[name].named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+
+
+def test_dense_critic_log_scale_resolves_small_fractions():
+    """A 10⁻⁴ change of a Presampler cell moves the log-scaled critic's input by ~10 % of a
+    unit, the paper's linear input by 10⁻⁴; the layer sums carry the change of the layer."""
+    torch.manual_seed(0)
+    lin = build_calo_models("dense", DenseCaloConfig(hidden=8), ATLAS_SIZES)["critic"]
+    log = build_calo_models("dense", DENSE_OPTIONS, ATLAS_SIZES)["critic"]
+    x = torch.zeros(1, 89)
+    x[0, 0] = 1.0
+    bumped = x.clone()
+    bumped[0, 70] = 1e-4  # a Presampler cell (flat range 69..74)
+    feats = {}
+    for name, critic in (("lin", lin), ("log", log)):
+        captured: list[torch.Tensor] = []
+        hook = critic.net[0].register_forward_hook(lambda _m, i, _o, c=captured: c.append(i[0]))
+        critic(x, torch.zeros(1, 1)), critic(bumped, torch.zeros(1, 1))
+        hook.remove()
+        feats[name] = captured[1] - captured[0]
+    assert feats["lin"].abs().max() == pytest.approx(1e-4, rel=1e-3)
+    assert feats["log"][0, 70] == pytest.approx(torch.log1p(torch.tensor(0.1)).item(), rel=1e-4)
+    assert feats["log"][0, 89 + 2] == pytest.approx(feats["log"][0, 70].item(), rel=1e-6)
+    assert feats["log"][0, [89, 90, 92]].abs().max() == 0  # other layers' sums unchanged
+
+
+def test_dense_critic_layer_sums_need_matching_sizes():
+    with pytest.raises(DetganError, match="critic_layer_sums needs layer sizes summing to 89"):
+        DenseCaloCritic(89, DENSE_OPTIONS, layer_sizes=(21, 48, 6))
+    with pytest.raises(DetganError, match="critic_log_scale must be >= 0"):
+        DenseCaloConfig(critic_log_scale=-1.0)
+
+
 def test_calochallenge_per_layer_sharing_gives_layer_energies():
     cfg = CaloChallengeModelConfig(hidden=32, per_layer=True)
     gen = build_calo_models("calochallenge", cfg, CC_SIZES)["generator"]
@@ -85,6 +134,40 @@ def test_calochallenge_per_layer_sharing_gives_layer_energies():
     per_layer = torch.stack([p.sum(1) for p in torch.split(frac, list(CC_SIZES), 1)], 1)
     torch.testing.assert_close(per_layer, resp)
     assert (frac >= 0).all()
+
+
+def test_calochallenge_total_response_is_one_output_shared_among_layers():
+    cfg = CaloChallengeModelConfig(hidden=32, total_response=True, critic_layer_fractions=True)
+    models = build_calo_models("calochallenge", cfg, CC_SIZES)
+    gen, critic = models["generator"], models["critic"]
+    z, y = torch.randn(5, cfg.latent_dim), torch.randn(5, 1)
+    frac = gen(z, y)
+    a = gen.response(gen.act(gen.trunk(torch.cat([z, y], 1))))
+    assert a.shape == (5, len(CC_SIZES) + 1)
+    per_layer = torch.stack([p.sum(1) for p in torch.split(frac, list(CC_SIZES), 1)], 1)
+    total = torch.nn.functional.softplus(a[:, 0])
+    torch.testing.assert_close(per_layer.sum(1), total)
+    torch.testing.assert_close(per_layer / total[:, None], torch.softmax(a[:, 1:], 1))
+    x = torch.log1p(frac / cfg.frac_scale)
+    assert critic.net[0].in_features == 368 + len(CC_SIZES) + 1 + 1
+    critic(x, y).sum().backward()
+    for name in ("generator", "critic"):
+        for pname, p in models[name].named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+
+
+def test_calochallenge_critic_layer_fractions_are_the_layer_energies():
+    """The critic's layer inputs are g(E_l/E_inc) and g(E_tot/E_inc), g(r) = log(1 + r/s)."""
+    cfg = CaloChallengeModelConfig(hidden=8, critic_layer_fractions=True, frac_scale=1e-3)
+    critic = build_calo_models("calochallenge", cfg, CC_SIZES)["critic"]
+    frac = torch.zeros(1, 368)
+    frac[0, 0], frac[0, 3], frac[0, 200] = 0.01, 0.02, 0.5  # layer 0: 0.03, layer 2: 0.5
+    captured = []
+    critic.net[0].register_forward_hook(lambda _m, inp, _o: captured.append(inp[0]))
+    critic(torch.log1p(frac / 1e-3), torch.zeros(1, 1))
+    layers = captured[0][0, 368:374]
+    expected = torch.log1p(torch.tensor([0.03, 0.0, 0.5, 0.0, 0.0, 0.53]) / 1e-3)
+    torch.testing.assert_close(layers, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_embedded_regressor_stays_frozen_in_training():
@@ -124,3 +207,5 @@ def test_unknown_model_kind_is_a_one_line_error():
 def test_config_rejects_bad_values():
     with pytest.raises(DetganError, match="channels must be at least 8"):
         LHCbConvConfig(channels=4)
+    with pytest.raises(DetganError, match="total_response needs per_layer=true"):
+        CaloChallengeModelConfig(per_layer=False, total_response=True)

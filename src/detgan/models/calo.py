@@ -48,17 +48,27 @@ LHCB_CONDITIONS = 5  # (p_x, p_y, p_z, x, y)
 @dataclasses.dataclass(frozen=True)
 class DenseCaloConfig(Config):
     """Dense WGAN of [K]: ``depth`` hidden layers of ``hidden`` units (LeakyReLU ``leaky_slope``)
-    in generator and critic, ``latent_dim`` Gaussian inputs. Paper: 100, 128, 3."""
+    in generator and critic, ``latent_dim`` Gaussian inputs. Paper: 100, 128, 3.
+
+    Critic options (not in [K]; 0/False is the paper's critic on linear fractions):
+    ``critic_log_scale`` s > 0: the critic sees log(1 + f/s) of the fractions f, so that cells
+    carrying 10⁻³ of the energy (Presampler, Back) move its input as much as the core does;
+    ``critic_layer_sums``: the critic also sees the per-layer sums of f (log-scaled likewise),
+    so that the layer fractions need not be learnt from the cells.
+    """
 
     latent_dim: int = 100
     hidden: int = 128
     depth: int = 3
     leaky_slope: float = 0.2
+    critic_log_scale: float = 0.0
+    critic_layer_sums: bool = False
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
         require(self.hidden >= 1 and self.depth >= 1, "hidden and depth must be at least 1")
         require(0 <= self.leaky_slope < 1, "leaky_slope must lie in [0, 1)")
+        require(self.critic_log_scale >= 0, "critic_log_scale must be >= 0 (0: linear input)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +90,12 @@ class LHCbConvConfig(Config):
 class CaloChallengeModelConfig(Config):
     """Conditional WGAN for CaloChallenge voxels (any binning). ``per_layer``: energy is shared
     hierarchically (layer energies, then a softmax within each layer) instead of one softmax over
-    all voxels. ``frac_scale`` s: the critic sees log(1 + (E_voxel/E_inc)/s)."""
+    all voxels. ``frac_scale`` s: the critic sees log(1 + (E_voxel/E_inc)/s).
+    ``critic_layer_fractions``: the critic's layer inputs are log(1 + (E_l/E_inc)/s) per layer
+    and log(1 + (E_tot/E_inc)/s) instead of the per-layer sums of the voxel inputs (which
+    neither equal the layer energies nor show the total response). ``total_response`` (with
+    ``per_layer``): one total response E_tot/E_inc = softplus(a) shared among the layers by a
+    softmax, instead of one independent softplus per layer (whose sum fluctuates L times)."""
 
     latent_dim: int = 64
     hidden: int = 256
@@ -88,11 +103,14 @@ class CaloChallengeModelConfig(Config):
     per_layer: bool = True
     frac_scale: float = 1e-4
     leaky_slope: float = 0.2
+    critic_layer_fractions: bool = False
+    total_response: bool = False
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
         require(self.hidden >= 1 and self.depth >= 1, "hidden and depth must be at least 1")
         require(self.frac_scale > 0, "frac_scale must be positive")
+        require(self.per_layer or not self.total_response, "total_response needs per_layer=true")
         require(0 <= self.leaky_slope < 1, "leaky_slope must lie in [0, 1)")
 
 
@@ -131,15 +149,41 @@ class DenseCaloGenerator(nn.Module):
 
 
 class DenseCaloCritic(nn.Module):
-    """Dense critic of [K]: (x (N, V) fractions, y (N, C)) → (N,) scores, linear output."""
+    """Dense critic of [K]: (x (N, V) fractions, y (N, C)) → (N,) scores, linear output.
 
-    def __init__(self, n_cells: int, config: DenseCaloConfig, n_conditions: int = 1) -> None:
+    Input features u = [g(x), g(S x), y] with g(f) = log(1 + f/s) when ``critic_log_scale``
+    s > 0 (else g(f) = f) and S x the (N, L) per-layer sums, present only with
+    ``critic_layer_sums`` (``layer_sizes`` then gives the cells per layer in flat order).
+    """
+
+    def __init__(
+        self,
+        n_cells: int,
+        config: DenseCaloConfig,
+        n_conditions: int = 1,
+        layer_sizes: Sequence[int] = (),
+    ) -> None:
         super().__init__()
         c = config
-        self.net = mlp(n_cells + n_conditions, c.hidden, c.depth, 1, c.leaky_slope)
+        self.log_scale = float(c.critic_log_scale)
+        self.layer_sizes = [int(n) for n in layer_sizes] if c.critic_layer_sums else []
+        require(
+            not c.critic_layer_sums or sum(self.layer_sizes) == n_cells,
+            f"critic_layer_sums needs layer sizes summing to {n_cells} cells",
+        )
+        n_in = n_cells + len(self.layer_sizes) + n_conditions
+        self.net = mlp(n_in, c.hidden, c.depth, 1, c.leaky_slope)
+
+    def _scaled(self, f: Tensor) -> Tensor:
+        return torch.log1p(f.clamp_min(0) / self.log_scale) if self.log_scale > 0 else f
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.net(torch.cat([x.reshape(len(x), -1), _as_2d(y)], 1)).squeeze(1)
+        x = x.reshape(len(x), -1)
+        parts = [self._scaled(x)]
+        if self.layer_sizes:
+            sums = torch.stack([p.sum(1) for p in torch.split(x, self.layer_sizes, dim=1)], 1)
+            parts.append(self._scaled(sums))
+        return self.net(torch.cat([*parts, _as_2d(y)], 1)).squeeze(1)
 
 
 # ------------------------------------------------------------------------------------ [C18]
@@ -244,16 +288,18 @@ class CaloChallengeGenerator(nn.Module):
     Energy sharing in the spirit of [K]: with ``per_layer`` the trunk predicts each layer's
     fraction of E_inc, r_l = softplus(a_l), and a softmax within the layer shares it among its
     voxels; otherwise one total fraction r = softplus(a) is shared by a softmax over all voxels.
-    ``layer_sizes`` are the voxel counts of the non-empty layers in flat order (any binning).
+    With ``total_response`` the layer fractions are r_l = softplus(a) · softmax(b)_l (one total
+    response, L shares). ``layer_sizes`` are the voxel counts of the non-empty layers in flat
+    order (any binning).
     """
 
     def __init__(self, layer_sizes: Sequence[int], config: CaloChallengeModelConfig) -> None:
         super().__init__()
         c = config
         self.noise_dim, self.layer_sizes = c.latent_dim, [int(n) for n in layer_sizes]
-        self.per_layer = c.per_layer
+        self.per_layer, self.total_response = c.per_layer, c.total_response
         n_cells = sum(self.layer_sizes)
-        n_resp = len(self.layer_sizes) if c.per_layer else 1
+        n_resp = len(self.layer_sizes) + int(c.total_response) if c.per_layer else 1
         self.trunk = mlp(c.latent_dim + 1, c.hidden, c.depth - 1, c.hidden, c.leaky_slope)
         self.act = nn.LeakyReLU(c.leaky_slope)
         self.logits = nn.Linear(c.hidden, n_cells)
@@ -261,7 +307,11 @@ class CaloChallengeGenerator(nn.Module):
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         h = self.act(self.trunk(torch.cat([z, _as_2d(y)], 1)))
-        logits, resp = self.logits(h), F.softplus(self.response(h))
+        logits, a = self.logits(h), self.response(h)
+        if self.total_response:
+            resp = F.softplus(a[:, :1]) * torch.softmax(a[:, 1:], 1)
+        else:
+            resp = F.softplus(a)
         if not self.per_layer:
             return torch.softmax(logits, 1) * resp
         parts = torch.split(logits, self.layer_sizes, dim=1)
@@ -269,18 +319,26 @@ class CaloChallengeGenerator(nn.Module):
 
 
 class CaloChallengeCritic(nn.Module):
-    """(x (N, V) = log(1 + fraction/s), y (N, 1)) → (N,) scores; the critic also sees the
-    per-layer sums of x so that layer energies need not be learnt from the voxels."""
+    """(x (N, V) = log(1 + fraction/s), y (N, 1)) → (N,) scores; the critic also sees one
+    input per layer so that layer energies need not be learnt from the voxels: the per-layer
+    sums of x, or, with ``critic_layer_fractions``, g(E_l/E_inc) per layer and g(E_tot/E_inc),
+    g(r) = log(1 + r/s), the fractions recovered exactly as s·(eˣ − 1)."""
 
     def __init__(self, layer_sizes: Sequence[int], config: CaloChallengeModelConfig) -> None:
         super().__init__()
         c = config
         self.layer_sizes = [int(n) for n in layer_sizes]
-        n_in = sum(self.layer_sizes) + len(self.layer_sizes) + 1
+        self.fractions, self.scale = bool(c.critic_layer_fractions), float(c.frac_scale)
+        n_in = sum(self.layer_sizes) + len(self.layer_sizes) + 1 + int(self.fractions)
         self.net = mlp(n_in, c.hidden, c.depth, 1, c.leaky_slope)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        sums = torch.stack([p.sum(1) for p in torch.split(x, self.layer_sizes, dim=1)], 1)
+        if not self.fractions:
+            sums = torch.stack([p.sum(1) for p in torch.split(x, self.layer_sizes, dim=1)], 1)
+        else:
+            frac = self.scale * torch.expm1(x.clamp_min(0))
+            layers = torch.stack([p.sum(1) for p in torch.split(frac, self.layer_sizes, 1)], 1)
+            sums = torch.log1p(torch.cat([layers, layers.sum(1, keepdim=True)], 1) / self.scale)
         return self.net(torch.cat([x, sums, _as_2d(y)], 1)).squeeze(1)
 
 
@@ -302,12 +360,13 @@ def build_calo_models(
     kind: str, config: Config, layer_sizes: Sequence[int] = ()
 ) -> dict[str, nn.Module]:
     """``generator`` and ``critic`` (and, for ``lhcb-conv``, the ``regressor`` that is the
-    critic's embedded submodule). ``layer_sizes``: cells per layer (dense: only the sum
-    matters; lhcb-conv: ignored)."""
+    critic's embedded submodule). ``layer_sizes``: cells per layer in flat order (dense: the
+    sum, and the split for ``critic_layer_sums``; lhcb-conv: ignored)."""
     model_config_class(kind)
     if kind == "dense":
         n = int(sum(layer_sizes))
-        return {"generator": DenseCaloGenerator(n, config), "critic": DenseCaloCritic(n, config)}
+        critic = DenseCaloCritic(n, config, layer_sizes=layer_sizes)
+        return {"generator": DenseCaloGenerator(n, config), "critic": critic}
     if kind == "lhcb-conv":
         regressor = LHCbRegressor(config)
         return {

@@ -63,6 +63,7 @@ __all__ = [
     "conditions_from_spec",
     "generate_calo",
     "run_calo_study",
+    "straight_through_threshold",
     "PARAMETER_GRID",
     "run_parameter_study",
 ]
@@ -78,7 +79,10 @@ class CaloDataConfig(Config):
     a larger cluster energy; ``sparsity_weight`` (dense) weights Σ√f of the generated fractions
     (the L1 norm of a softmax is identically 1, so [K]'s L1 term is applied as this L½ term);
     ``regressor_steps``/``regressor_lr`` (lhcb-conv) pre-train the embedded regressor;
-    ``boxcox_shift`` (MeV, lhcb-conv) is added before the Box-Cox transform."""
+    ``boxcox_shift`` (MeV, lhcb-conv) is added before the Box-Cox transform;
+    ``threshold_fakes`` (dense, calochallenge): in training, generated cells below the cell
+    thresholds are zeroed before the critic sees them, as the real cells are, with a
+    straight-through gradient (the cells below still learn to rise)."""
 
     epochs: float = 0.0
     max_events: int = 0
@@ -87,6 +91,7 @@ class CaloDataConfig(Config):
     regressor_steps: int = 0
     regressor_lr: float = 1e-3
     boxcox_shift: float = 1.0
+    threshold_fakes: bool = False
 
     def validate(self) -> None:
         require(self.epochs >= 0, "epochs must be >= 0 (0: use iterations)")
@@ -152,11 +157,20 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
     cc = model_config_class("calochallenge")
     k_data = CaloDataConfig(max_total_energy=300e3)  # [K]: events above 300 GeV dropped
     c_data = CaloDataConfig(regressor_steps=300)
+    # quick/full (not in [K]): critic on log-scaled fractions and layer sums, thresholds in
+    # training (straight-through), EMA generator: results.md, "Calorimeter WGANs"
+    k_ours = dense(critic_log_scale=1e-3, critic_layer_sums=True)
+    k_ours_data = k_data.replace(threshold_fakes=True)
     return {
         "dense": {  # [K]: 100 latent, 3 × 128, λ = 10, n_critic = 5, 1000 epochs
             "paper": CaloSetup("dense", dense(), _train(1, 128, 1e-4), k_data.replace(epochs=1000)),
-            "full": CaloSetup("dense", dense(), _train(1, 256, 2e-4), k_data.replace(epochs=200)),
-            "quick": CaloSetup("dense", dense(), _train(3000, 128, 2e-4), k_data),
+            "full": CaloSetup(
+                "dense", k_ours, _train(1, 256, 2e-4, ema_decay=0.999),
+                k_ours_data.replace(epochs=200),
+            ),
+            "quick": CaloSetup(
+                "dense", k_ours, _train(12000, 128, 2e-4, ema_decay=0.999), k_ours_data
+            ),
         },
         "lhcb-conv": {  # [C18]: 512 latent, 256·4·4 start, 3000 epochs
             "paper": CaloSetup(
@@ -316,17 +330,38 @@ def _check_layout(kind: str, layout: Any, path: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------- training
-def _problem(kind: str, setup: CaloSetup, x: Tensor, y: Tensor, noise_dim: int):
-    """Real batches drawn with replacement; fakes carry the real batch's labels."""
+def straight_through_threshold(frac: Tensor, energy: Tensor, thresholds: Tensor) -> Tensor:
+    """Fractions (N, V) of energies (N,) with the cells below ``thresholds`` (V,) MeV zeroed in
+    the forward pass; the backward pass is the identity (straight-through estimator)."""
+    keep = (frac * energy[:, None] >= thresholds).to(frac.dtype)
+    return frac + (frac * keep - frac).detach()
+
+
+def _problem(
+    kind: str,
+    setup: CaloSetup,
+    x: Tensor,
+    y: Tensor,
+    noise_dim: int,
+    energy: Tensor | None = None,
+    thresholds: Tensor | None = None,
+):
+    """Real batches drawn with replacement; fakes carry the real batch's labels. With
+    ``threshold_fakes`` the batch also carries the energy E (N,) that the fractions refer to."""
     to_net = _fake_to_net(kind, setup)
+    gate = setup.data.threshold_fakes and kind != "lhcb-conv"
+    require(not gate or energy is not None, "threshold_fakes needs the events' energies")
 
     def sample_real(n: int, rng: torch.Generator) -> dict[str, Tensor]:
         idx = torch.randint(len(x), (n,), generator=rng).to(x.device)
-        return {"x": x[idx], "y": y[idx]}
+        return {"x": x[idx], "y": y[idx], "e": energy[idx]} if gate else {"x": x[idx], "y": y[idx]}
 
     def sample_fake(gen: nn.Module, batch: dict[str, Tensor], rng: torch.Generator):
         z = torch.randn(len(batch["y"]), noise_dim, generator=rng).to(x.device)
-        return to_net(gen(z, batch["y"])), batch["y"]
+        out = gen(z, batch["y"])
+        if gate:
+            out = straight_through_threshold(out, batch["e"], thresholds)
+        return to_net(out), batch["y"]
 
     extra = None
     if kind == "dense" and setup.data.sparsity_weight > 0:
@@ -400,6 +435,8 @@ def train_calo(
         transforms = _fit_transforms(kind, cells, cond, setup.data)
     x = _to_net(kind, setup, transforms, cells, cond).to(dev)
     y = _label(kind, transforms, cond).to(dev)
+    energy = torch.from_numpy(cond).float().to(dev) if kind != "lhcb-conv" else None
+    thresholds = torch.from_numpy(_cell_thresholds(showers.layout)).float().to(dev)
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
         models = build_calo_models(kind, setup.model, _layer_sizes(showers.layout))
@@ -421,7 +458,7 @@ def train_calo(
     noise_dim = models["generator"].noise_dim
     trainer = Trainer(
         {"generator": models["generator"], "critic": models["critic"]},
-        _problem(kind, setup, x, y, noise_dim),
+        _problem(kind, setup, x, y, noise_dim, energy, thresholds),
         setup.train,
         run_dir,
         config_json=setup.to_json(),
