@@ -49,6 +49,15 @@ class ClassifierSettings(Config):
     dtype: str = "float32"
     max_per_class: int = 0
     equal_sizes: bool = False
+    max_input_weights: int = 0
+
+    def width_for(self, d_in: int) -> int:
+        """Hidden width used for ``d_in`` inputs: ``hidden``, halved (not below 16) while the
+        first layer would have more than ``max_input_weights`` weights (0: never halved)."""
+        h = self.hidden
+        while self.max_input_weights and h > 16 and d_in * h > self.max_input_weights:
+            h //= 2
+        return h
 
     def validate(self) -> None:
         require(
@@ -60,6 +69,7 @@ class ClassifierSettings(Config):
         require(self.n_runs >= 1, f"classifier n_runs={self.n_runs} must be at least 1")
         require(self.dtype in ("float32", "float64"), "classifier dtype must be float32 or float64")
         require(self.max_per_class >= 0, "classifier max_per_class must be >= 0 (0: no cap)")
+        require(self.max_input_weights >= 0, "classifier max_input_weights must be >= 0")
 
     @classmethod
     def preset(cls, name: str) -> ClassifierSettings:
@@ -67,7 +77,10 @@ class ClassifierSettings(Config):
 
 
 CLASSIFIER_PRESETS: dict[str, ClassifierSettings] = {
-    "fast": ClassifierSettings(),
+    # 2 × 128 units, but narrower for very wide inputs (CaloChallenge dataset-2 voxels: 6481
+    # inputs → 32 units) so that the first layer stays ≤ 2¹⁸ weights: the cost of a run is then
+    # about the same for every data family (formats_and_metrics.md §3.2 is `calochallenge`)
+    "fast": ClassifierSettings(max_input_weights=2**18),
     "calochallenge": ClassifierSettings(
         hidden=2048,
         n_layers=3,
@@ -154,16 +167,17 @@ def isotonic_fit(x: np.ndarray, y: np.ndarray, *, y_min: float = 1e-6, y_max: fl
 
 
 def _make_classifier(d_in: int, s: ClassifierSettings) -> torch.nn.Sequential:
-    """Dense net: [Linear → LeakyReLU(0.01) → Dropout(p)] × n_layers → Linear(·, 1) (a logit)."""
+    """Dense net: [Linear → LeakyReLU(0.01) → Dropout(p)] × n_layers → Linear(·, 1) (a logit),
+    hidden width ``s.width_for(d_in)``."""
     layers: list[torch.nn.Module] = []
-    width = d_in
+    width, hidden = d_in, s.width_for(d_in)
     for _ in range(s.n_layers):
         layers += [
-            torch.nn.Linear(width, s.hidden),
+            torch.nn.Linear(width, hidden),
             torch.nn.LeakyReLU(0.01),
             torch.nn.Dropout(s.dropout),
         ]
-        width = s.hidden
+        width = hidden
     layers.append(torch.nn.Linear(width, 1))
     return torch.nn.Sequential(*layers)
 
@@ -318,13 +332,17 @@ def classifier_two_sample_test(
     from detgan.metrics import check_samples  # lazy: metrics re-exports this module
 
     s = _resolve_settings(settings, n_runs)
-    ref, cand = check_samples(reference, candidate, ndim=2, what="classifier_two_sample_test")
+    dtype = np.float64 if s.dtype == "float64" else np.float32  # no float64 copy of big inputs
+    ref, cand = check_samples(
+        reference, candidate, ndim=2, what="classifier_two_sample_test", dtype=dtype
+    )
     n = _class_size(ref, cand, s)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**63))
     if s.standardize:
-        mu, sd = ref.mean(0), ref.std(0)
+        mu, sd = ref.mean(0, dtype=np.float64), ref.std(0, dtype=np.float64)
         sd[sd == 0] = 1.0
+        mu, sd = mu.astype(dtype), sd.astype(dtype)
         ref, cand = (ref - mu) / sd, (cand - mu) / sd
     runs = tuple(_one_run(ref, cand, n, s, seed, r, torch.device(device)) for r in range(s.n_runs))
     aucs = np.array([r["auc"] for r in runs])
@@ -339,7 +357,7 @@ def classifier_two_sample_test(
         n,
         len(ref) + len(cand) - 2 * n,
         seed,
-        s.to_dict(),
+        {**s.to_dict(), "hidden_used": s.width_for(ref.shape[1]), "n_inputs": ref.shape[1]},
     )
 
 

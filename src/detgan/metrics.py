@@ -121,13 +121,15 @@ def check_samples(
     ndim: int | None = None,
     allow_nan: bool = False,
     what: str = "samples",
+    dtype: type = np.float64,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Convert both samples to float64 arrays and refuse empty, mismatched or non-finite input.
+    """Convert both samples to ``dtype`` arrays (no copy if they already are) and refuse empty,
+    mismatched or non-finite input.
 
     ``allow_nan`` admits NaN (an undefined feature, §0.5) but still refuses ±inf.
     """
-    ref = np.asarray(reference, dtype=np.float64)
-    cand = np.asarray(candidate, dtype=np.float64)
+    ref = np.asarray(reference, dtype=dtype)
+    cand = np.asarray(candidate, dtype=dtype)
     for name, a in (("reference", ref), ("candidate", cand)):
         if ndim is not None and a.ndim != ndim:
             raise DetganError(f"{what}: {name} has shape {a.shape}, expected {ndim} dimension(s)")
@@ -167,6 +169,32 @@ def _w1_sorted(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum(np.abs(fa - fb) * np.diff(grid)))
 
 
+class _W1Bootstrap:
+    """W₁ of bootstrap resamples without re-sorting: a resample is a count per original value.
+
+    Both samples are merged and sorted once; a resample drawing indices ``ia`` of ``a`` and
+    ``ib`` of ``b`` puts weight 1/n resp. −1/m on the merged positions of the drawn values, and
+    F_a − F_b on the merged grid is the cumulative sum of those weights, so each replicate
+    costs O(n + m) instead of a sort. Values equal those of sorting ``a[ia]`` and ``b[ib]``.
+    """
+
+    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
+        grid = np.concatenate([a, b])
+        order = np.argsort(grid, kind="mergesort")
+        pos = np.empty(grid.size, np.int64)
+        pos[order] = np.arange(grid.size)
+        self.pos_a, self.pos_b = pos[: a.size], pos[a.size :]
+        self.dx = np.diff(grid[order])
+        self.weights = np.concatenate(
+            [np.full(a.size, 1.0 / a.size), np.full(b.size, -1.0 / b.size)]
+        )
+
+    def __call__(self, ia: np.ndarray, ib: np.ndarray) -> float:
+        where = np.concatenate([self.pos_a[ia], self.pos_b[ib]])
+        diff = np.cumsum(np.bincount(where, self.weights, minlength=self.dx.size + 1)[:-1])
+        return float(np.sum(np.abs(diff) * self.dx))  # not @: slow BLAS builds on some CPUs
+
+
 def wasserstein_1d(
     reference: Any, candidate: Any, *, n_bootstrap: int = 100, seed: int = 0
 ) -> Distance:
@@ -174,13 +202,15 @@ def wasserstein_1d(
 
     Shapes ``(N,)``, ``(M,)`` (anything is flattened; NaN = undefined values are skipped).
     The error is the standard deviation (ddof = 1) of W₁ over ``n_bootstrap`` resamplings with
-    replacement of both samples, drawn from ``numpy.random.default_rng(seed)``.
+    replacement of both samples, drawn from ``numpy.random.default_rng(seed)`` (reference
+    indices first, then candidate indices, per resampling).
     """
     ref, cand = _finite_1d(reference, candidate, "wasserstein_1d")
     value = _w1_sorted(np.sort(ref), np.sort(cand))
     rng = np.random.default_rng(seed)
+    boot = _W1Bootstrap(ref, cand)
     boots = [
-        _w1_sorted(np.sort(rng.choice(ref, ref.size)), np.sort(rng.choice(cand, cand.size)))
+        boot(rng.integers(0, ref.size, ref.size), rng.integers(0, cand.size, cand.size))
         for _ in range(n_bootstrap)
     ]
     error = float(np.std(boots, ddof=1)) if n_bootstrap > 1 else float("nan")
@@ -497,14 +527,22 @@ def _cov(xc: np.ndarray) -> np.ndarray:
 
 
 def _frechet(x: np.ndarray, y: np.ndarray) -> float:
-    """FD = ‖μx − μy‖² + Tr(Σx + Σy − 2 (Σx Σy)^{1/2}), trace of the root via eigenvalues."""
+    """FD = ‖μx − μy‖² + Tr(Σx + Σy − 2 (Σx Σy)^{1/2}).
+
+    Tr (Σx Σy)^{1/2} = Σ_i sqrt(λ_i) with λ_i the eigenvalues of Σx Σy, which are those of
+    the symmetric matrix Σx^{1/2} Σy Σx^{1/2}: two symmetric eigendecompositions (torch) instead
+    of a general non-symmetric one (≈ 40× faster at d = 362). Negative round-off eigenvalues
+    count 0, as dropping the imaginary part of the principal square root does.
+    """
     mx, my = x.mean(0), y.mean(0)
-    sx, sy = _cov(x - mx), _cov(y - my)
+    sx, sy = (torch.from_numpy(_cov(c)) for c in (x - mx, y - my))
     for jitter in (0.0, 1e-6):
-        eye = jitter * np.eye(len(sx))
-        ev = np.linalg.eigvals((sx + eye) @ (sy + eye)).astype(complex)
-        tr_root = float(np.sum(np.sqrt(ev)).real)
-        fd = float(np.sum((mx - my) ** 2) + np.trace(sx) + np.trace(sy) - 2 * tr_root)
+        eye = jitter * torch.eye(len(sx), dtype=sx.dtype)
+        w, v = torch.linalg.eigh(sx + eye)
+        root = (v * w.clamp(min=0).sqrt()) @ v.T
+        lam = torch.linalg.eigvalsh(root @ (sy + eye) @ root)
+        tr_root = float(lam.clamp(min=0).sqrt().sum())
+        fd = float(np.sum((mx - my) ** 2) + sx.trace() + sy.trace() - 2 * tr_root)
         if math.isfinite(fd):
             return fd
     return float("nan")
@@ -567,14 +605,15 @@ def _fit_intercept(u: np.ndarray, f: np.ndarray) -> tuple[float, float]:
     return float(coef[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
 
 
-def _mmd2_poly(x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> float:
-    """Unbiased MMD² with k(a, b) = (a·b/d + 1)⁴, block-wise to bound memory."""
+def _mmd2_poly(x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> float:
+    """Unbiased MMD² with k(a, b) = (a·b/d + 1)⁴, in row blocks small enough to stay in cache."""
     d = x.shape[1]
+    one = torch.ones((), dtype=x.dtype)
 
     def ksum(a: torch.Tensor, b: torch.Tensor, same: bool) -> float:
         total = 0.0
         for i in range(0, len(a), chunk):
-            z = (a[i : i + chunk] @ b.T).div_(d).add_(1.0)
+            z = torch.addmm(one, a[i : i + chunk], b.T, alpha=1.0 / d)  # a·b/d + 1
             total += float(z.square_().square_().sum())
         if same:
             total -= float(((a * a).sum(1) / d + 1.0).square().square().sum())

@@ -122,7 +122,6 @@ def run(args: argparse.Namespace) -> int:
         max_events=args.max_events,
         seed=args.seed,
         device=str(resolve_device(args.device)),
-        kpd_batch_size=10000 if args.protocol == "calochallenge" else 5000,
         legacy=tuple(dict.fromkeys(args.legacy)),
     )
     t0 = time.perf_counter()
