@@ -18,9 +18,11 @@ from detgan.studies.calo import (
     CALO_PRESETS,
     _fit_boxcox,
     calo_preset,
+    draw_response,
     generate_calo,
     is_calo_run,
     load_calo_model,
+    response_table,
     run_calo_study,
     straight_through_threshold,
     train_calo,
@@ -119,6 +121,55 @@ def test_threshold_fakes_shows_the_critic_thresholded_showers(kind, data, tmp_pa
     assert (cells_mev[:16] == 0).any() and (cells_mev[16:] > 0).any()
     models["critic"](fake, batch["y"]).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.parameters())
+
+
+def test_calochallenge_critic_mev_units_put_the_threshold_at_one_input_value():
+    """With ``critic_mev_scale`` the real and generated voxels reach the critic as
+    log(1 + E/m) in MeV, identically for both, so E_min = 1 MeV is log 2 at every E_inc."""
+    from detgan.studies import calo as study
+
+    setup = _setup("calochallenge", critic_mev_scale=1.0)
+    e_inc = np.array([256.0, 4194304.0])
+    cells = np.zeros((2, 368))
+    cells[:, 10] = 1.0  # one voxel at the threshold in both events
+    cells[:, 200] = e_inc * 0.9
+    real = study._to_net("calochallenge", setup, {}, cells, e_inc)
+    fake = study._fake_to_net("calochallenge", setup)(
+        torch.from_numpy(cells / e_inc[:, None]).float(), torch.from_numpy(e_inc).float()
+    )
+    torch.testing.assert_close(real, fake, rtol=1e-5, atol=1e-5)
+    assert real[0, 10] == pytest.approx(np.log(2.0)) and real[1, 10] == pytest.approx(np.log(2.0))
+    frac_setup = _setup("calochallenge")  # fractions: the same voxel differs by 10⁴ in input
+    frac = study._to_net("calochallenge", frac_setup, {}, cells, e_inc)
+    assert frac[0, 10] > 100 * frac[1, 10]
+
+
+def test_draw_response_takes_the_same_or_the_nearest_incident_energies():
+    e_inc = np.repeat([256.0, 1024.0, 4096.0], 50)
+    resp = np.repeat([0.8, 0.9, 1.0], 50) + np.tile(np.linspace(0, 0.01, 50), 3)
+    table = response_table(np.stack([e_inc, e_inc * resp], 1))
+    got = draw_response(table, np.full(400, 1024.0), seed=0)
+    assert ((got >= 0.9 - 1e-9) & (got <= 0.91 + 1e-9)).all()  # only the 1024 MeV events
+    assert len(np.unique(got)) > 30  # and many of them
+    between = draw_response(table, np.full(200, 300.0), seed=1, k=8)  # nearest 8 in log E
+    assert np.isin(np.round(between, 9), np.round(resp, 9)).all()
+    assert ((between < 0.82) | (between >= 0.9)).all() and (between < 0.82).any()
+    np.testing.assert_array_equal(draw_response(table, [5e6], seed=2, k=4) >= 1.0, [True])
+
+
+def test_calochallenge_condition_response_shares_the_drawn_total(data, tmp_path):
+    """Two stages: E_tot/E_inc drawn from the training events, the WGAN shares E_tot."""
+    setup = _setup("calochallenge", condition_response=True, critic_mev_scale=1.0)
+    run = train_calo(setup, data / "cc.h5", tmp_path / "run", progress=False)
+    model = load_calo_model(run)
+    table = model.extra["response_table"]
+    assert len(table["response"]) == model.extra["n_train"]
+    e_inc = np.full(20, 65536.0)
+    cells = model.sample(e_inc, seed=0)
+    total = cells.sum(1) / e_inc
+    assert (total <= max(table["response"]) * (1 + 1e-5)).all() and (total > 0).all()
+    r = draw_response(table, e_inc, 0 + 7)  # the draw sample() makes; thresholds only remove
+    assert (total <= r * (1 + 1e-5)).all()
 
 
 def test_resume_is_exact(data, tmp_path):

@@ -137,7 +137,9 @@ def test_calochallenge_per_layer_sharing_gives_layer_energies():
 
 
 def test_calochallenge_total_response_is_one_output_shared_among_layers():
-    cfg = CaloChallengeModelConfig(hidden=32, total_response=True, critic_layer_fractions=True)
+    cfg = CaloChallengeModelConfig(
+        hidden=32, total_response=True, critic_layer_fractions=True, critic_mev_scale=1.0
+    )
     models = build_calo_models("calochallenge", cfg, CC_SIZES)
     gen, critic = models["generator"], models["critic"]
     z, y = torch.randn(5, cfg.latent_dim), torch.randn(5, 1)
@@ -148,12 +150,28 @@ def test_calochallenge_total_response_is_one_output_shared_among_layers():
     total = torch.nn.functional.softplus(a[:, 0])
     torch.testing.assert_close(per_layer.sum(1), total)
     torch.testing.assert_close(per_layer / total[:, None], torch.softmax(a[:, 1:], 1))
-    x = torch.log1p(frac / cfg.frac_scale)
+    x = torch.log1p(frac * 1e4 / cfg.critic_mev_scale)  # E_inc = 10 GeV, MeV units
     assert critic.net[0].in_features == 368 + len(CC_SIZES) + 1 + 1
     critic(x, y).sum().backward()
     for name in ("generator", "critic"):
         for pname, p in models[name].named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+
+
+def test_calochallenge_condition_response_shares_the_conditional_total():
+    cfg = CaloChallengeModelConfig(hidden=32, condition_response=True, critic_mev_scale=1.0)
+    models = build_calo_models("calochallenge", cfg, CC_SIZES)
+    z, y = torch.randn(7, cfg.latent_dim), torch.randn(7, 2)  # (log E_inc, log E_tot)
+    frac = models["generator"](z, y)
+    torch.testing.assert_close(frac.sum(1), torch.ones(7))
+    assert (frac >= 0).all()
+    x = torch.log1p(frac * 1e4)
+    (models["critic"](x, y).sum()).backward()
+    for name in ("generator", "critic"):
+        for pname, p in models[name].named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+    moved = models["generator"](z, y + torch.tensor([[0.0, 1.0]]))
+    assert not torch.allclose(moved, frac)  # the E_tot column conditions the shares
 
 
 def test_calochallenge_critic_layer_fractions_are_the_layer_energies():
@@ -207,5 +225,7 @@ def test_unknown_model_kind_is_a_one_line_error():
 def test_config_rejects_bad_values():
     with pytest.raises(DetganError, match="channels must be at least 8"):
         LHCbConvConfig(channels=4)
+    with pytest.raises(DetganError, match="condition_response needs per_layer=true"):
+        CaloChallengeModelConfig(per_layer=False, condition_response=True)
     with pytest.raises(DetganError, match="total_response needs per_layer=true"):
         CaloChallengeModelConfig(per_layer=False, total_response=True)

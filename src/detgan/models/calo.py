@@ -95,7 +95,15 @@ class CaloChallengeModelConfig(Config):
     and log(1 + (E_tot/E_inc)/s) instead of the per-layer sums of the voxel inputs (which
     neither equal the layer energies nor show the total response). ``total_response`` (with
     ``per_layer``): one total response E_tot/E_inc = softplus(a) shared among the layers by a
-    softmax, instead of one independent softplus per layer (whose sum fluctuates L times)."""
+    softmax, instead of one independent softplus per layer (whose sum fluctuates L times).
+    ``critic_mev_scale`` m > 0: the critic sees log(1 + E_voxel/m), E in MeV, instead of
+    fractions (and its layer inputs log(1 + E_l/m), log(1 + E_tot/m)): the voxel threshold
+    E_min then maps to the same input at every E_inc, as in the evaluation's MeV histograms.
+    ``condition_response`` (with ``per_layer``): generator and critic are conditioned on
+    (log E_inc, log E_tot) and the generator shares E_tot exactly (softmax over the layers, then
+    within each layer: rows sum to 1, as in [K]); E_tot is drawn at generation from the
+    training events' responses E_tot/E_inc at the nearest E_inc (two stages, as in CaloFlow's
+    separate layer-energy model, arXiv:2106.05285)."""
 
     latent_dim: int = 64
     hidden: int = 256
@@ -105,12 +113,29 @@ class CaloChallengeModelConfig(Config):
     leaky_slope: float = 0.2
     critic_layer_fractions: bool = False
     total_response: bool = False
+    critic_mev_scale: float = 0.0
+    condition_response: bool = False
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
         require(self.hidden >= 1 and self.depth >= 1, "hidden and depth must be at least 1")
         require(self.frac_scale > 0, "frac_scale must be positive")
         require(self.per_layer or not self.total_response, "total_response needs per_layer=true")
+        require(self.critic_mev_scale >= 0, "critic_mev_scale must be >= 0 (0: fractions)")
+        require(
+            self.per_layer or not self.condition_response, "condition_response needs per_layer=true"
+        )
+
+    @property
+    def n_conditions(self) -> int:
+        """Label columns: (log E_inc) or, with ``condition_response``, (log E_inc, log E_tot)."""
+        return 2 if self.condition_response else 1
+
+    @property
+    def critic_scale(self) -> float:
+        """s of the critic's input log(1 + v/s): MeV when ``critic_mev_scale`` > 0, else a
+        fraction of E_inc."""
+        return self.critic_mev_scale if self.critic_mev_scale > 0 else self.frac_scale
         require(0 <= self.leaky_slope < 1, "leaky_slope must lie in [0, 1)")
 
 
@@ -283,7 +308,8 @@ class LHCbConvCritic(nn.Module):
 
 # ------------------------------------------------------------------------------ CaloChallenge
 class CaloChallengeGenerator(nn.Module):
-    """(z (N, L), y (N, 1) standardised log E_inc) → voxel fractions E_voxel/E_inc (N, V) ≥ 0.
+    """(z (N, L), y (N, C) standardised log E_inc [, log E_tot]) → voxel fractions (N, V) ≥ 0
+    of E_inc (of E_tot with ``condition_response``, rows then sum to 1).
 
     Energy sharing in the spirit of [K]: with ``per_layer`` the trunk predicts each layer's
     fraction of E_inc, r_l = softplus(a_l), and a softmax within the layer shares it among its
@@ -298,9 +324,12 @@ class CaloChallengeGenerator(nn.Module):
         c = config
         self.noise_dim, self.layer_sizes = c.latent_dim, [int(n) for n in layer_sizes]
         self.per_layer, self.total_response = c.per_layer, c.total_response
+        self.shares_only = c.condition_response
         n_cells = sum(self.layer_sizes)
         n_resp = len(self.layer_sizes) + int(c.total_response) if c.per_layer else 1
-        self.trunk = mlp(c.latent_dim + 1, c.hidden, c.depth - 1, c.hidden, c.leaky_slope)
+        n_resp -= int(c.condition_response and c.total_response)
+        n_in = c.latent_dim + c.n_conditions
+        self.trunk = mlp(n_in, c.hidden, c.depth - 1, c.hidden, c.leaky_slope)
         self.act = nn.LeakyReLU(c.leaky_slope)
         self.logits = nn.Linear(c.hidden, n_cells)
         self.response = nn.Linear(c.hidden, n_resp)
@@ -308,7 +337,9 @@ class CaloChallengeGenerator(nn.Module):
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         h = self.act(self.trunk(torch.cat([z, _as_2d(y)], 1)))
         logits, a = self.logits(h), self.response(h)
-        if self.total_response:
+        if self.shares_only:  # fractions of the conditional E_tot: rows sum to 1
+            resp = torch.softmax(a, 1)
+        elif self.total_response:
             resp = F.softplus(a[:, :1]) * torch.softmax(a[:, 1:], 1)
         else:
             resp = F.softplus(a)
@@ -319,17 +350,18 @@ class CaloChallengeGenerator(nn.Module):
 
 
 class CaloChallengeCritic(nn.Module):
-    """(x (N, V) = log(1 + fraction/s), y (N, 1)) → (N,) scores; the critic also sees one
-    input per layer so that layer energies need not be learnt from the voxels: the per-layer
-    sums of x, or, with ``critic_layer_fractions``, g(E_l/E_inc) per layer and g(E_tot/E_inc),
-    g(r) = log(1 + r/s), the fractions recovered exactly as s·(eˣ − 1)."""
+    """(x (N, V) = log(1 + v/s), y (N, 1)) → (N,) scores, v the voxel's fraction of E_inc (or
+    its energy in MeV with ``critic_mev_scale``); the critic also sees one input per layer so
+    that layer energies need not be learnt from the voxels: the per-layer sums of x, or, with
+    ``critic_layer_fractions``, g(v_l) per layer and g(v_tot), g(v) = log(1 + v/s), the layer
+    sums v_l recovered exactly as Σ s·(eˣ − 1)."""
 
     def __init__(self, layer_sizes: Sequence[int], config: CaloChallengeModelConfig) -> None:
         super().__init__()
         c = config
         self.layer_sizes = [int(n) for n in layer_sizes]
-        self.fractions, self.scale = bool(c.critic_layer_fractions), float(c.frac_scale)
-        n_in = sum(self.layer_sizes) + len(self.layer_sizes) + 1 + int(self.fractions)
+        self.fractions, self.scale = bool(c.critic_layer_fractions), float(c.critic_scale)
+        n_in = sum(self.layer_sizes) + len(self.layer_sizes) + c.n_conditions + int(self.fractions)
         self.net = mlp(n_in, c.hidden, c.depth, 1, c.leaky_slope)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:

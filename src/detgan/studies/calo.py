@@ -64,6 +64,8 @@ __all__ = [
     "generate_calo",
     "run_calo_study",
     "straight_through_threshold",
+    "response_table",
+    "draw_response",
     "PARAMETER_GRID",
     "run_parameter_study",
 ]
@@ -273,7 +275,7 @@ def _fit_transforms(kind: str, cells: np.ndarray, cond: np.ndarray, data: CaloDa
         cell_t = Chain(_fit_boxcox(cells, data.boxcox_shift), Standardise(scalar=True))
         cell_t.parts[1].fit(cell_t.parts[0].forward(torch.from_numpy(cells.reshape(-1))))
         return {"cells": cell_t, "label": Standardise().fit(torch.from_numpy(cond))}
-    label = Standardise(scalar=True).fit(torch.from_numpy(np.log10(cond)))
+    label = Standardise(scalar=cond.ndim == 1).fit(torch.from_numpy(np.log10(cond)))
     return {"label": label}
 
 
@@ -291,15 +293,56 @@ def _to_net(kind: str, setup: CaloSetup, transforms, cells: np.ndarray, cond: np
         return torch.from_numpy(cells / cond[:, None]).float()
     if kind == "lhcb-conv":
         return transforms["cells"].forward(torch.from_numpy(cells)).float().reshape(-1, 30, 30)
-    frac = torch.from_numpy(cells / cond[:, None]).float()
-    return torch.log1p(frac / setup.model.frac_scale)
+    m = setup.model
+    if m.critic_mev_scale > 0:
+        return torch.log1p(torch.from_numpy(cells / m.critic_mev_scale).float())
+    frac = torch.from_numpy(cells / _shared_energy(cond)[:, None]).float()
+    return torch.log1p(frac / m.frac_scale)
+
+
+def _conditions_response(setup: CaloSetup) -> bool:
+    return setup.model_kind == "calochallenge" and bool(setup.model.condition_response)
+
+
+def _shared_energy(cond: np.ndarray) -> np.ndarray:
+    """(N,) the energy the generator's fractions refer to: E_tot (dense), E_inc, or E_tot
+    (the last column) for calochallenge with ``condition_response``."""
+    return cond[:, -1] if cond.ndim == 2 else cond
+
+
+def response_table(cond: np.ndarray, limit: int = 20_000) -> dict[str, list[float]]:
+    """(log10 E_inc, E_tot/E_inc) of (an even subsample of) the training events, sorted by
+    E_inc: the response model that :func:`draw_response` samples."""
+    cond = cond[:: max(1, len(cond) // limit)]
+    order = np.argsort(cond[:, 0], kind="stable")
+    log_e, resp = np.log10(cond[order, 0]), cond[order, 1] / cond[order, 0]
+    return {"log10_e_inc": log_e.tolist(), "response": resp.tolist()}
+
+
+def draw_response(
+    table: dict[str, list[float]], e_inc: np.ndarray, seed: int, k: int = 32
+) -> np.ndarray:
+    """E_tot/E_inc (N,) drawn per event from the training events of the same E_inc (discrete
+    energies, as in CaloChallenge dataset 1) or else from the ``k`` training events nearest in
+    log E_inc (continuous energies)."""
+    log_e, resp = np.asarray(table["log10_e_inc"]), np.asarray(table["response"])
+    q = np.log10(np.asarray(e_inc, np.float64))
+    lo, hi = np.searchsorted(log_e, q, "left"), np.searchsorted(log_e, q, "right")
+    k = min(k, len(log_e))
+    near = np.clip(lo - k // 2, 0, len(log_e) - k)
+    lo, width = np.where(hi > lo, lo, near), np.where(hi > lo, hi - lo, k)
+    u = np.random.default_rng(seed).random(len(q))
+    return resp[lo + np.minimum((u * width).astype(np.int64), width - 1)]
 
 
 def _fake_to_net(kind: str, setup: CaloSetup) -> Any:
+    """(generator output (N, V), energy E (N,)) → the critic's input, as :func:`_to_net`."""
     if kind == "calochallenge":
-        s = setup.model.frac_scale
-        return lambda out: torch.log1p(out / s)
-    return lambda out: out
+        m = setup.model
+        if m.critic_mev_scale > 0:
+            return lambda out, e: torch.log1p(out * e[:, None] / m.critic_mev_scale)
+        return lambda out, _e: torch.log1p(out / m.frac_scale)
+    return lambda out, _e: out
 
 
 def _load_training(path: str | os.PathLike, setup: CaloSetup, max_events: int):
@@ -310,6 +353,9 @@ def _load_training(path: str | os.PathLike, setup: CaloSetup, max_events: int):
     cells = _threshold(np.asarray(showers.cells, np.float64), thresholds)
     cond = _condition(kind, showers, thresholds)
     keep = np.ones(len(cells), bool)
+    if _conditions_response(setup):  # (E_inc, E_tot); events with nothing above E_min dropped
+        cond = np.stack([cond, cells.sum(1)], 1)
+        keep &= cond[:, 1] > 0
     if kind == "dense":
         keep &= cond > 0
         if setup.data.max_total_energy > 0:
@@ -346,22 +392,23 @@ def _problem(
     energy: Tensor | None = None,
     thresholds: Tensor | None = None,
 ):
-    """Real batches drawn with replacement; fakes carry the real batch's labels. With
-    ``threshold_fakes`` the batch also carries the energy E (N,) that the fractions refer to."""
+    """Real batches drawn with replacement; fakes carry the real batch's labels. Given
+    ``energy`` (N,), the batch also carries the energy E that the fractions refer to."""
     to_net = _fake_to_net(kind, setup)
     gate = setup.data.threshold_fakes and kind != "lhcb-conv"
     require(not gate or energy is not None, "threshold_fakes needs the events' energies")
 
     def sample_real(n: int, rng: torch.Generator) -> dict[str, Tensor]:
         idx = torch.randint(len(x), (n,), generator=rng).to(x.device)
-        return {"x": x[idx], "y": y[idx], "e": energy[idx]} if gate else {"x": x[idx], "y": y[idx]}
+        batch = {"x": x[idx], "y": y[idx]}
+        return batch if energy is None else {**batch, "e": energy[idx]}
 
     def sample_fake(gen: nn.Module, batch: dict[str, Tensor], rng: torch.Generator):
         z = torch.randn(len(batch["y"]), noise_dim, generator=rng).to(x.device)
         out = gen(z, batch["y"])
         if gate:
             out = straight_through_threshold(out, batch["e"], thresholds)
-        return to_net(out), batch["y"]
+        return to_net(out, batch.get("e")), batch["y"]
 
     extra = None
     if kind == "dense" and setup.data.sparsity_weight > 0:
@@ -435,7 +482,7 @@ def train_calo(
         transforms = _fit_transforms(kind, cells, cond, setup.data)
     x = _to_net(kind, setup, transforms, cells, cond).to(dev)
     y = _label(kind, transforms, cond).to(dev)
-    energy = torch.from_numpy(cond).float().to(dev) if kind != "lhcb-conv" else None
+    energy = torch.from_numpy(_shared_energy(cond)).float().to(dev) if kind != "lhcb-conv" else None
     thresholds = torch.from_numpy(_cell_thresholds(showers.layout)).float().to(dev)
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
@@ -447,6 +494,7 @@ def train_calo(
         "format": detect_format(data_path),
         "n_read": len(showers),
         "n_train": len(cells),
+        **({"response_table": response_table(cond)} if _conditions_response(setup) else {}),
         "data_path": str(Path(data_path).resolve()),
         "package_version": __version__,
     }
@@ -495,6 +543,10 @@ class CaloModel:
         """Showers (N, V) MeV, thresholded like the reference, for raw conditions ``cond``:
         E_tot (N,) MeV (dense), (N, 5) = p (MeV), point (mm) (lhcb-conv), E_inc (N,) MeV."""
         cond = np.asarray(cond, np.float64)
+        if _conditions_response(self.setup) and cond.ndim == 1:  # stage 1: E_tot given E_inc
+            e_inc = np.where(cond > 0, cond, 1.0)
+            r = draw_response(self.extra["response_table"], e_inc, int(seed) + 7)
+            cond = np.stack([cond, e_inc * r], 1)
         rng = torch.Generator().manual_seed(int(seed))
         y = _label(self.kind, self.transforms, np.where(cond > 0, cond, 1.0))
         out = []
@@ -507,7 +559,7 @@ class CaloModel:
         if self.kind == "lhcb-conv":
             cells = self.transforms["cells"].inverse(raw.reshape(len(raw), -1)).clamp_min(0)
         else:
-            cells = raw * torch.from_numpy(np.clip(cond, 0, None))[:, None]
+            cells = raw * torch.from_numpy(np.clip(_shared_energy(cond), 0, None))[:, None]
         return _threshold(cells.numpy(), _cell_thresholds(self.layout))
 
 
