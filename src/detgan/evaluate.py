@@ -350,7 +350,9 @@ def evaluate_files(
             floors[ref.family] = cached[1]
             hits.append(ref.family)
         say(f"{family}: computing candidate observables")
-        refs[ref.family], cands[ref.family], keys[ref.family] = ref, loader(cand_path), key
+        cand = loader(cand_path)
+        _check_compatible(ref, cand, ref_path, cand_path)
+        refs[ref.family], cands[ref.family], keys[ref.family] = ref, cand, key
     results, used, notes = evaluate_families(refs, cands, s, floors=floors, progress=progress)
     if cache_dir:
         for family in refs:
@@ -378,6 +380,20 @@ def evaluate_files(
         "elapsed_s": round(time.perf_counter() - t0, 2),
     }
     return Evaluation(summary, {f: (refs[f], cands[f]) for f in refs})
+
+
+def _describe(data: FamilyData) -> str:
+    dataset = f" dataset {data.meta['dataset']}" if "dataset" in data.meta else ""
+    return f"{data.family}{dataset} with {np.shape(data.cells)[1]} cells per event"
+
+
+def _check_compatible(ref: FamilyData, cand: FamilyData, ref_path: Path, cand_path: Path) -> None:
+    """Refuse samples of different geometries (they would fail deep inside a metric)."""
+    if ref.family != cand.family or np.shape(ref.low)[1:] != np.shape(cand.low)[1:]:
+        raise DetganError(
+            f"candidate '{cand_path}' is {_describe(cand)} but reference '{ref_path}' is "
+            f"{_describe(ref)}; compare samples of one detector geometry"
+        )
 
 
 def _add_memorisation(results, refs, cands, train: Path, kind: str, s, say) -> None:
