@@ -51,7 +51,7 @@ def test_write_report(tmp_path, evaluation):
     assert "| classifier AUC, low-level |" in md
     data = json.loads((out / "summary.json").read_text())  # strict JSON: NaN became null
     fam = data["families"]["footprint"]
-    assert set(fam) == {"metrics", "floor"}
+    assert set(fam) == {"metrics", "floor", "labels"}
     main_w1 = fam["metrics"]["features"]["hottest_signal"]["wasserstein"]
     assert main_w1 > 2 * fam["floor"]["features"]["hottest_signal"]["wasserstein"]
     with pytest.raises(DetganError, match="already exists"):

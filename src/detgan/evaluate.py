@@ -225,7 +225,7 @@ def evaluate_families(
             say(f"{family}: reference-vs-reference floor (two halves)")
             floor = _floor(ref, settings)
         used[family] = floor
-        results[family] = {"metrics": main, "floor": floor}
+        results[family] = {"metrics": main, "floor": floor, "labels": dict(ref.labels)}
         notes += _warnings_for(family, main, ref, cand)
     return results, used, notes
 

@@ -36,6 +36,7 @@ __all__ = [
     "grid_features",
     "load_calo_family",
     "calochallenge_text_files",
+    "calo_labels",
 ]
 
 EPS_CC = 1e-16
@@ -345,6 +346,56 @@ def grid_features(cells: np.ndarray, energy: np.ndarray, layout: Any) -> dict[st
     return out
 
 
+# ----------------------------------------------------------------------------- labels
+
+#: key pattern → axis label (unit after " / "); ``{}`` is the layer; first match wins
+_LABEL_PATTERNS = (
+    ("etot_einc_at_", "E_tot / E_inc at E_inc = {} MeV"),
+    ("etot_einc", "E_tot / E_inc"),
+    ("etot_e", "E_tot / E"),
+    ("etot", "E_tot / MeV"),
+    ("e_tot", "E_tot / MeV"),
+    ("e_layer_", "E layer {} / MeV"),
+    ("ec_eta_", "EC_η layer {} / mm"),
+    ("ec_phi_", "EC_φ layer {} / mm"),
+    ("ec_r_", "EC_r layer {} / mm"),
+    ("width_eta_", "W_η layer {} / mm"),
+    ("width_phi_", "W_φ layer {} / mm"),
+    ("width_r_", "W_r layer {} / mm"),
+    ("sparsity_", "sparsity layer {} (fraction of empty cells)"),
+    ("occupancy_", "occupancy layer {} (fraction of cells hit)"),
+    ("voxel_energy", "voxel energy / MeV"),
+    ("frac_", "E layer {} / E_tot"),
+    ("lateral_width_", "lateral width layer {} / mm"),
+    ("lateral_depth", "lateral depth E_1 + 2E_2 / MeV"),
+    ("shower_depth_width", "shower-depth width"),
+    ("shower_depth", "shower depth"),
+    ("e_ratio_", "E_ratio layer {} (two hottest cells)"),
+    ("max_depth", "deepest layer with energy"),
+    ("r_mid", "E(3×3) / E(3×7), middle layer"),
+    ("mean_eta_", "⟨Δη⟩ {}"),
+    ("mean_phi_", "⟨Δφ⟩ {} / rad"),
+    ("e_", "E {} / MeV"),
+)
+
+
+def calo_labels(keys: Sequence[str], family: str = "calochallenge") -> dict[str, str]:
+    """Axis labels with units for calorimeter feature keys (CaloChallenge, CaloGAN, ATLAS);
+    ATLAS widths are in η resp. φ units, not mm."""
+    out = {}
+    for key in keys:
+        for prefix, text in _LABEL_PATTERNS:
+            if key.startswith(prefix):
+                rest = key[len(prefix) :]
+                label = text.format(f"layer {rest}" if prefix == "e_" and rest.isdigit() else rest)
+                if family == "atlas" and key.startswith("width_"):  # (η, φ), not mm
+                    axis = "η" if "eta" in key else "φ / rad"
+                    label = f"w_{axis} {rest}" if axis == "η" else f"w_φ {rest} / rad"
+                out[key] = label
+                break
+    return out
+
+
 # ----------------------------------------------------------------------------- evaluation glue
 
 
@@ -404,6 +455,7 @@ def showers_family(showers: Any, *, legacy: tuple[str, ...] = ()) -> Any:
             data.pooled.update(per_e)
             data.bins.update(bins)
         data.meta = {"dataset": layout.dataset, "e_min": e_min}
+        data.labels = calo_labels([*feats, *data.pooled])
         data.images = {"mean energy per layer": layer_energy_correlation(feats, layout).mean(0)}
         return data
     if name.startswith("atlas"):
@@ -428,6 +480,7 @@ def showers_family(showers: Any, *, legacy: tuple[str, ...] = ()) -> Any:
         family, feats, low, cells, cells if cells.shape[1] <= 1000 else low[:, :1], cond
     )
     data.images = {f"mean {k}": v.mean(0) for k, v in layout.images(cells).items()}
+    data.labels = calo_labels(list(feats), family)
     return data
 
 

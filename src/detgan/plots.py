@@ -54,6 +54,14 @@ def _trim(edges: np.ndarray, *samples: np.ndarray) -> np.ndarray:
     return edges[lo:hi] if hi - lo >= 3 else edges
 
 
+def _log_spaced(edges: np.ndarray) -> bool:
+    """True for positive, geometrically spaced edges (e.g. the CaloChallenge energy bins)."""
+    if len(edges) < 3 or edges[0] <= 0:
+        return False
+    steps = np.diff(np.log(edges))
+    return bool(np.allclose(steps, steps[0], rtol=1e-6) and edges[-1] / edges[0] > 20)
+
+
 def histogram_ratio(
     reference: np.ndarray,
     candidate: np.ndarray,
@@ -65,16 +73,24 @@ def histogram_ratio(
     ratio_range: tuple[float, float] = (0.5, 1.5),
 ) -> Figure:
     """Normalised histograms (reference filled, candidate with Poisson error bars) and a ratio
-    panel candidate/reference with the reference's statistical band. NaN values are skipped."""
+    panel candidate/reference with the reference's statistical band. NaN values are skipped.
+
+    Geometrically spaced ``bins`` (and, for ``bins`` given as a count, positive data spanning
+    more than three decades) are drawn on a logarithmic x axis as the fraction of entries per
+    bin; other bins as a density."""
     r, c = _finite(reference), _finite(candidate)
     if isinstance(bins, int | np.integer):
         both = np.concatenate([r, c]) if r.size + c.size else np.array([0.0, 1.0])
         lo, hi = np.percentile(both, [0.1, 99.9])
-        bins = np.linspace(lo, hi if hi > lo else lo + 1, int(bins) + 1)
+        if lo > 0 and hi > 1e3 * lo:
+            bins = np.geomspace(lo, hi, int(bins) + 1)
+        else:
+            bins = np.linspace(lo, hi if hi > lo else lo + 1, int(bins) + 1)
     edges = _trim(np.asarray(bins, dtype=np.float64), r, c)
+    logx = _log_spaced(edges)
     hr, _ = np.histogram(r, edges)
     hc, _ = np.histogram(c, edges)
-    width = np.diff(edges)
+    width = np.ones(len(edges) - 1) if logx else np.diff(edges)
     norm_r, norm_c = max(hr.sum(), 1) * width, max(hc.sum(), 1) * width
     dr, dc = hr / norm_r, hc / norm_c
     fig = Figure(figsize=(4.6, 3.9))
@@ -82,9 +98,11 @@ def histogram_ratio(
         2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1), "hspace": 0.06}
     )
     ax.stairs(dr, edges, fill=True, alpha=0.45, **REF_STYLE)
-    centres = 0.5 * (edges[1:] + edges[:-1])
+    centres = np.sqrt(edges[1:] * edges[:-1]) if logx else 0.5 * (edges[1:] + edges[:-1])
     ax.errorbar(centres, dc, yerr=np.sqrt(hc) / norm_c, fmt="o", ms=2.5, lw=1, **CAND_STYLE)
-    ax.set_ylabel("normalised")
+    ax.set_ylabel("fraction per bin" if logx else "normalised")
+    if logx:
+        ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
     ax.legend(frameon=False, fontsize=8)
@@ -228,14 +246,21 @@ def calibration_curves(
     return fig
 
 
-def matrix_comparison(reference: np.ndarray, candidate: np.ndarray, *, title: str = "") -> Figure:
-    """Correlation matrices of both samples and their difference (candidate − reference)."""
-    fig = Figure(figsize=(9.0, 3.0))
+def matrix_comparison(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    title: str = "",
+    labels: Sequence[str] | None = None,
+) -> Figure:
+    """Correlation matrices of both samples and their difference (candidate − reference);
+    ``labels`` name the rows/columns (e.g. layer ids) when there are few of them."""
+    fig = Figure(figsize=(9.6, 3.2), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, m, name in ((axes[0], reference, "reference"), (axes[1], candidate, "candidate")):
         im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_title(name, fontsize=9)
-    fig.colorbar(im, ax=axes[:2], fraction=0.025, pad=0.02)
+    fig.colorbar(im, ax=axes[:2], fraction=0.025, pad=0.02, label="correlation")
     diff = np.asarray(candidate) - np.asarray(reference)
     lim = max(float(np.abs(diff).max()), 1e-3)
     im2 = axes[2].imshow(diff, cmap="PuOr", vmin=-lim, vmax=lim)
@@ -243,6 +268,11 @@ def matrix_comparison(reference: np.ndarray, candidate: np.ndarray, *, title: st
     fig.colorbar(im2, ax=axes[2], fraction=0.046, pad=0.04)
     for ax in axes:
         ax.tick_params(labelsize=7)
+        if labels is not None and len(labels) <= 50:
+            ticks = np.arange(len(labels))
+            step = max(1, len(labels) // 12)
+            ax.set_xticks(ticks[::step], [str(v) for v in labels][::step])
+            ax.set_yticks(ticks[::step], [str(v) for v in labels][::step])
     fig.suptitle(title, fontsize=10)
     return fig
 

@@ -152,18 +152,20 @@ def _mean_sep(group: dict[str, Any]) -> float:
 
 
 def feature_rows(result: dict[str, Any], group: str = "features") -> list[tuple[str, ...]]:
-    """(feature, W₁ ± err, floor W₁, separation, floor separation, KS, floor KS, out of range)."""
+    """(label, W₁ ± err, floor W₁, separation, floor separation, KS, floor KS, out of range, key)."""
     m, f = result["metrics"].get(group, {}), result.get("floor", {}).get(group, {})
+    labels = result.get("labels", {})
     rows = []
     for name, d in m.items():
         fl = f.get(name, {})
+        label = labels.get(name, name)
         if "wasserstein" not in d:
-            rows.append((name, d.get("note", "–"), "–", "–", "–", "–", "–", "–"))
+            rows.append((label, d.get("note", "–"), "–", "–", "–", "–", "–", "–", name))
             continue
         out = d["separation_underflow_candidate"] + d["separation_overflow_candidate"]
         rows.append(
             (
-                name,
+                label,
                 _pm(d["wasserstein"], d["wasserstein_error"]),
                 _fmt(fl.get("wasserstein")),
                 _fmt(d["separation"]),
@@ -171,20 +173,22 @@ def feature_rows(result: dict[str, Any], group: str = "features") -> list[tuple[
                 _fmt(d["ks"]),
                 _fmt(fl.get("ks")),
                 f"{100 * out:.2g} %",
+                name,
             )
         )
     return rows
 
 
 FEATURE_HEADER = (
-    "feature",
-    "W₁ ± bootstrap",
+    "observable / unit",
+    "W₁ ± bootstrap (unit of the observable)",
     "floor W₁",
     "separation",
     "floor sep.",
     "KS",
     "floor KS",
     "cand. out of range",
+    "JSON key",
 )
 
 
@@ -222,7 +226,7 @@ def build_figures(evaluation: Any) -> dict[str, list[tuple[str, Any]]]:
             label = ref.labels.get(name, name)
             figs.append(
                 (
-                    label,
+                    _caption(label, name, result),
                     plots.histogram_ratio(
                         ref.features[name],
                         cand.features[name],
@@ -238,7 +242,7 @@ def build_figures(evaluation: Any) -> dict[str, list[tuple[str, Any]]]:
                 label = f"{label} (all stations)".replace(", hottest station", "")
             figs.append(
                 (
-                    label,
+                    _caption(label, name, result, "pooled"),
                     plots.histogram_ratio(
                         ref.pooled[name],
                         cand.pooled[name],
@@ -249,13 +253,16 @@ def build_figures(evaluation: Any) -> dict[str, list[tuple[str, Any]]]:
                 )
             )
         figs += _family_figures(family, ref, cand, result)
+        layers = [k.rpartition("_")[2] for k in ref.features if k.startswith("e_layer_")]
+        what = "layer energies" if family == "calochallenge" else "cells"
         figs.append(
             (
-                "Correlation matrices of the cells",
+                f"Correlation matrices of the {what}",
                 plots.matrix_comparison(
                     correlation_matrix(ref.corr),
                     correlation_matrix(cand.corr),
-                    title=f"{family}: correlations",
+                    title=f"{family}: correlations of the {what}",
+                    labels=layers if family == "calochallenge" else None,
                 ),
             )
         )
@@ -276,6 +283,15 @@ def build_figures(evaluation: Any) -> dict[str, list[tuple[str, Any]]]:
             )
         out[family] = figs
     return out
+
+
+def _caption(label: str, name: str, result: dict[str, Any], group: str = "features") -> str:
+    """Figure caption: the observable and its separation power next to the floor."""
+    m = result["metrics"].get(group, {}).get(name, {})
+    if "separation" not in m:
+        return label
+    fl = result.get("floor", {}).get(group, {}).get(name, {})
+    return f"{label}: separation {_fmt(m['separation'])} (floor {_fmt(fl.get('separation'))})"
 
 
 def _family_figures(
@@ -524,7 +540,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, list[tuple[str, Any]
                     else "Pooled observables (every station with signal / every voxel)"
                 )
                 out.append(f"<h3>{title}</h3>")
-                out.append(_table_html(FEATURE_HEADER, feature_rows(result, group), (2, 4, 6)))
+                out.append(_table_html(FEATURE_HEADER, feature_rows(result, group), (2, 4, 6, 8)))
         out.append("<h3>Figures</h3><div class=grid>")
         for caption, fig in figures.get(family, []):
             wide = " class=wide" if fig.get_figwidth() > 6 else ""
