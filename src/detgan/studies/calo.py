@@ -163,6 +163,8 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
     # training (straight-through), EMA generator: results.md, "Calorimeter WGANs"
     k_ours = dense(critic_log_scale=1e-3, critic_layer_sums=True)
     k_ours_data = k_data.replace(threshold_fakes=True)
+    # calochallenge quick/full: two stages (response drawn, E_tot shared), critic in MeV units
+    cc_ours = cc(condition_response=True, critic_mev_scale=1.0, critic_layer_fractions=True)
     return {
         "dense": {  # [K]: 100 latent, 3 × 128, λ = 10, n_critic = 5, 1000 epochs
             "paper": CaloSetup("dense", dense(), _train(1, 128, 1e-4), k_data.replace(epochs=1000)),
@@ -193,9 +195,13 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
                 CaloDataConfig(epochs=500),
             ),
             "full": CaloSetup(
-                "calochallenge", cc(hidden=512), _train(1, 256, 2e-4), CaloDataConfig(epochs=100)
+                "calochallenge", cc_ours.replace(hidden=512), _train(1, 256, 2e-4, ema_decay=0.999),
+                CaloDataConfig(epochs=100, threshold_fakes=True),
             ),
-            "quick": CaloSetup("calochallenge", cc(), _train(2000, 128, 2e-4), CaloDataConfig()),
+            "quick": CaloSetup(
+                "calochallenge", cc_ours, _train(5000, 128, 2e-4, ema_decay=0.999),
+                CaloDataConfig(threshold_fakes=True),
+            ),
         },
     }  # fmt: skip
 
