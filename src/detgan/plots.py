@@ -73,7 +73,8 @@ def histogram_ratio(
     ratio_range: tuple[float, float] = (0.5, 1.5),
 ) -> Figure:
     """Normalised histograms (reference filled, candidate with Poisson error bars) and a ratio
-    panel candidate/reference with the reference's statistical band. NaN values are skipped.
+    panel candidate/reference with the reference's statistical band (bins with at least 5
+    reference entries). NaN values are skipped.
 
     Geometrically spaced ``bins`` (and, for ``bins`` given as a count, positive data spanning
     more than three decades) are drawn on a logarithmic x axis as the fraction of entries per
@@ -108,9 +109,10 @@ def histogram_ratio(
     ax.legend(frameon=False, fontsize=8)
     ax.set_title(title, fontsize=9)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = dc / dr
-        ratio_err = np.sqrt(hc) / norm_c / dr
-        band = np.sqrt(hr) / hr
+        sparse = hr < 5  # no ratio point or band where the reference has < 5 entries
+        ratio = np.where(sparse, np.nan, dc / dr)
+        ratio_err = np.where(sparse, 0.0, np.sqrt(hc) / norm_c / dr)
+        band = np.where(sparse, np.nan, np.sqrt(hr) / hr)
     axr.fill_between(
         edges,
         np.r_[1 - band, 1 - band[-1]],

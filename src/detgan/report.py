@@ -151,12 +151,19 @@ def _mean_sep(group: dict[str, Any]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _redundant(name: str, names: Any) -> bool:
+    """``occupancy_l`` duplicates ``sparsity_l`` (= 1 − occupancy): kept in the JSON only."""
+    return name.startswith("occupancy_") and f"sparsity_{name[10:]}" in names
+
+
 def feature_rows(result: dict[str, Any], group: str = "features") -> list[tuple[str, ...]]:
     """(label, W₁ ± err, floor W₁, separation, floor separation, KS, floor KS, out of range, key)."""
     m, f = result["metrics"].get(group, {}), result.get("floor", {}).get(group, {})
     labels = result.get("labels", {})
     rows = []
     for name, d in m.items():
+        if _redundant(name, m):
+            continue
         fl = f.get(name, {})
         label = labels.get(name, name)
         if "wasserstein" not in d:
@@ -207,7 +214,10 @@ def build_figures(evaluation: Any) -> dict[str, list[tuple[str, Any]]]:
         names = [
             n
             for n, d in feats.items()
-            if "separation" in d and d["separation"] is not None and math.isfinite(d["separation"])
+            if "separation" in d
+            and d["separation"] is not None
+            and math.isfinite(d["separation"])
+            and not _redundant(n, feats)
         ]
         if names:
             floor = result.get("floor", {}).get("features", {})
@@ -215,14 +225,14 @@ def build_figures(evaluation: Any) -> dict[str, list[tuple[str, Any]]]:
                 (
                     "Separation power per observable, with the reference-vs-reference floor",
                     plots.distance_overview(
-                        names,
+                        [ref.labels.get(n, n) for n in names],
                         [max(feats[n]["separation"], 1e-7) for n in names],
                         [max(floor.get(n, {}).get("separation", np.nan), 1e-7) for n in names],
                         title=family,
                     ),
                 )
             )
-        for name in ref.features:
+        for name in (k for k in ref.features if not _redundant(k, ref.features)):
             label = ref.labels.get(name, name)
             figs.append(
                 (
@@ -471,10 +481,9 @@ td.floor{color:#555;background:#f6f6f6}
 .note{font-size:12px;color:#555;max-width:1000px}
 .warn{background:#fff4e5;border-left:4px solid #e67e22;padding:6px 12px;font-size:13px;margin:4px 0}
 .grid{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;background:#fff;border:1px solid #e3e3e3;padding:4px}
-figure img{display:block;max-width:100%}
-figcaption{font-size:11px;color:#444;padding:2px 4px;max-width:440px}
-figure.wide figcaption{max-width:880px}
+figure{margin:0;background:#fff;border:1px solid #e3e3e3;padding:4px;width:min-content}
+figure img{display:block}
+figcaption{font-size:11px;color:#444;padding:2px 4px}
 """
 
 
