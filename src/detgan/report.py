@@ -157,7 +157,7 @@ def _redundant(name: str, names: Any) -> bool:
 
 
 def feature_rows(result: dict[str, Any], group: str = "features") -> list[tuple[str, ...]]:
-    """(label, W₁ ± err, floor W₁, separation, floor separation, KS, floor KS, out of range, key)."""
+    """(label, W₁ ± err, floor W₁, separation, floor sep., KS, floor KS, out of range, key)."""
     m, f = result["metrics"].get(group, {}), result.get("floor", {}).get(group, {})
     labels = result.get("labels", {})
     rows = []
