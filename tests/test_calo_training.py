@@ -101,7 +101,8 @@ def test_threshold_fakes_shows_the_critic_thresholded_showers(kind, data, tmp_pa
     the real cells), and every generator parameter still gets a gradient."""
     from detgan.studies import calo as study
 
-    setup = _setup(kind, threshold_fakes=True)
+    fractions = {"condition_response": False, "critic_mev_scale": 0.0}  # one label, fractions
+    setup = _setup(kind, threshold_fakes=True, **(fractions if kind == "calochallenge" else {}))
     showers, cells, cond = study._load_training(data / FILES[kind], setup, 0)
     models = build_calo_models(kind, setup.model, study._layer_sizes(showers.layout))
     gen = models["generator"]
@@ -139,7 +140,9 @@ def test_calochallenge_critic_mev_units_put_the_threshold_at_one_input_value():
     )
     torch.testing.assert_close(real, fake, rtol=1e-5, atol=1e-5)
     assert real[0, 10] == pytest.approx(np.log(2.0)) and real[1, 10] == pytest.approx(np.log(2.0))
-    frac_setup = _setup("calochallenge")  # fractions: the same voxel differs by 10⁴ in input
+    frac_setup = _setup(
+        "calochallenge", critic_mev_scale=0.0
+    )  # fractions: the same voxel differs by 10⁴ in input
     frac = study._to_net("calochallenge", frac_setup, {}, cells, e_inc)
     assert frac[0, 10] > 100 * frac[1, 10]
 
