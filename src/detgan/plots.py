@@ -62,6 +62,23 @@ def _log_spaced(edges: np.ndarray) -> bool:
     return bool(np.allclose(steps, steps[0], rtol=1e-6) and edges[-1] / edges[0] > 20)
 
 
+def _off_scale_markers(ax: Any, x: np.ndarray, ratio: np.ndarray, limits: tuple) -> None:
+    """Ratios outside the panel drawn as open triangles on its edge (pointing outwards)."""
+    lo, hi = limits
+    pad = 0.04 * (hi - lo)
+    for sel, y, marker in ((ratio > hi, hi - pad, "^"), (ratio < lo, lo + pad, "v")):
+        if np.any(sel):
+            ax.plot(
+                x[sel],
+                np.full(sel.sum(), y),
+                marker,
+                ms=3.5,
+                mfc="none",
+                mew=0.8,
+                color=CAND_STYLE["color"],
+            )
+
+
 def histogram_ratio(
     reference: np.ndarray,
     candidate: np.ndarray,
@@ -131,6 +148,7 @@ def histogram_ratio(
         lw=0.8,
         color=CAND_STYLE["color"],
     )
+    _off_scale_markers(axr, centres, ratio, ratio_range)
     axr.set_ylim(*ratio_range)
     axr.set_ylabel("cand./ref.", fontsize=8)
     axr.set_xlabel(xlabel)
