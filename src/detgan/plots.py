@@ -236,9 +236,13 @@ def profile_comparison(
 
 
 def calibration_curves(
-    curves: Mapping[str, Sequence[Mapping[str, Sequence]]], *, title: str = ""
+    curves: Mapping[str, Sequence[Mapping[str, Sequence]]],
+    *,
+    title: str = "",
+    min_count: int = 20,
 ) -> Figure:
-    """Reliability diagrams: per input name, the per-run (mean predicted, fraction reference)."""
+    """Reliability diagrams: per input name, the per-run (mean predicted, fraction reference);
+    bins holding fewer than ``min_count`` validation events (a run's ``count``) are left out."""
     fig = Figure(figsize=(4.0, 3.6))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ":", color="0.5", lw=1)
@@ -247,6 +251,8 @@ def calibration_curves(
         for i, run in enumerate(runs):
             xs = np.array([np.nan if v is None else v for v in run["mean_predicted"]], float)
             ys = np.array([np.nan if v is None else v for v in run["fraction_reference"]], float)
+            keep = np.asarray(run.get("count", [min_count] * len(xs))) >= min_count
+            xs, ys = xs[keep], ys[keep]
             ax.plot(
                 xs,
                 ys,

@@ -281,7 +281,7 @@ def build_figures(evaluation: Any) -> dict[str, list[tuple[str, Any]]]:
             )
         )
         curves = {
-            k.split("_")[1]: result["metrics"][k]["runs"]
+            f"{k.split('_')[1]}-level inputs": result["metrics"][k]["runs"]
             for k in ("classifier_low", "classifier_high")
             if k in result["metrics"]
         }
@@ -306,6 +306,11 @@ def _caption(label: str, name: str, result: dict[str, Any], group: str = "featur
         return label
     fl = result.get("floor", {}).get(group, {}).get(name, {})
     return f"{label}: separation {_fmt(m['separation'])} (floor {_fmt(fl.get('separation'))})"
+
+
+def _layer_axis(features: dict[str, Any]) -> str:
+    ids = [k.rpartition("_")[2] for k in features if k.startswith("e_layer_")]
+    return f"relevant layer (ids {', '.join(ids)})" if ids else "layer"
 
 
 def _family_figures(
@@ -357,7 +362,7 @@ def _family_figures(
                         np.arange(len(img)),
                         img,
                         other,
-                        xlabel="layer",
+                        xlabel=_layer_axis(ref.features),
                         ylabel="mean energy / MeV",
                         title=name,
                         logy=True,
