@@ -176,6 +176,7 @@ def test_study_writes_report_json_markdown_and_figures(run, files, tmp_path):
     assert len(result["deciles"]["sum_log_signal"]) == 10
     assert -1 <= result["constrainer"]["correlation"] <= 1
     assert 0 <= result["classifier"]["auc"] <= 1
+    assert result["classifier"]["settings"]["n_inputs"] == 81 + 81 + 3  # + sorted, Σ, count, E
     assert json.loads((out / "report.json").read_text())["n_events"] == 300
     with pytest.raises(DetganError, match="is not empty; use --overwrite"):
         run_footprint_study(run, files[1], out, n_events=300, classifier=False)
