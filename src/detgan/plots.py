@@ -473,8 +473,8 @@ def loss_panels(
         late = []
         for name, values in series.items():
             v = np.asarray(values, dtype=float)
-            ax.plot(step, v, alpha=0.25, lw=0.5)
-            ax.plot(step[w - 1 :], np.convolve(v, np.ones(w) / w, mode="valid"), label=name)
+            (line,) = ax.plot(step[w - 1 :], np.convolve(v, np.ones(w) / w, "valid"), label=name)
+            ax.plot(step, v, alpha=0.25, lw=0.5, color=line.get_color())
             late.append(v[start:])
         ax.set_xlabel("generator iteration")
         ax.legend()
