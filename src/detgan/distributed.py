@@ -27,6 +27,7 @@ and each process binds ``cuda:LOCAL_RANK``, so ``--device cuda`` (or ``auto``) i
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -48,6 +49,7 @@ __all__ = [
     "local_rows",
     "LocalRows",
     "EventWindow",
+    "windowed",
     "average_gradients",
     "average_values",
     "broadcast_modules",
@@ -204,6 +206,14 @@ class EventWindow(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(super().__getattr__("module"), name)
+
+
+def windowed(model: Any, start: int, stop: int, total: int) -> Any:
+    """A sampler dataclass with a ``generator`` whose generator runs only on events
+    [start, stop) of ``total`` (:class:`EventWindow`); ``model`` itself for the whole range."""
+    if (start, stop) == (0, total):
+        return model
+    return dataclasses.replace(model, generator=EventWindow(model.generator, start, stop))
 
 
 def average_gradients(parameters: Iterable[Tensor]) -> None:

@@ -111,43 +111,28 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     """``detgan generate RUN``: footprint runs here, calorimeter runs via detgan.studies.calo;
-    with ``--shards K --shard-index I`` one part via detgan.studies.shards."""
+    with ``--shards K --shard-index I`` one part of the output (detgan.io.shards)."""
     from detgan.studies.calo import generate_calo, is_calo_run
     from detgan.studies.footprint import generate
 
     sample = generate_calo if is_calo_run(args.run) else generate
     if args.events is not None and args.events < 1:
         raise DetganError(f"-n must be at least 1, got {args.events}")
-    sharded = args.shards != 1 or args.shard_index is not None
-    if sharded:
-        if args.shards < 1:
-            raise DetganError(f"--shards must be at least 1, got {args.shards}")
-        if args.shard_index is None:
-            raise DetganError(
-                f"--shards {args.shards} needs --shard-index I (0..{args.shards - 1})"
-            )
-        if not 0 <= args.shard_index < args.shards:
-            raise DetganError(
-                f"--shard-index must lie in 0..{args.shards - 1}, got {args.shard_index}"
-            )
+    if args.shards != 1 and args.shard_index is None:
+        raise DetganError(f"--shards {args.shards} needs --shard-index I (0..{args.shards - 1})")
     device = runtime(args)
     seed_everything(args.seed)
-    common = dict(device=device, overwrite=args.overwrite)
-    if sharded:
-        from detgan.studies.shards import generate_shard
-
-        out = generate_shard(
-            args.run,
-            args.events,
-            args.energy,
-            args.seed,
-            args.output,
-            args.shards,
-            args.shard_index,
-            **common,
-        )
-    else:
-        out = sample(args.run, args.events, args.energy, args.seed, args.output, **common)
+    shard = (args.shard_index or 0, args.shards)
+    out = sample(
+        args.run,
+        args.events,
+        args.energy,
+        args.seed,
+        args.output,
+        device=device,
+        overwrite=args.overwrite,
+        shard=shard,
+    )
     print(f"wrote '{out}'")
     return 0
 

@@ -47,8 +47,11 @@ def shard_range(n_events: int, shards: int, index: int) -> tuple[int, int]:
 
 
 def shard_attrs(n_events: int, shards: int, index: int) -> dict[str, int]:
-    """The :data:`SHARD_ATTRS` of shard ``index`` of ``shards`` parts of ``n_events``."""
+    """The :data:`SHARD_ATTRS` of shard ``index`` of ``shards`` parts of ``n_events`` (none for
+    an unsharded output, ``shards`` = 1)."""
     start, stop = shard_range(n_events, shards, index)
+    if shards == 1:
+        return {}
     values = (shards, index, start, stop, n_events)
     return dict(zip(SHARD_ATTRS, values))
 

@@ -49,7 +49,7 @@ from detgan.train import (
     prepare_run_dir,
 )
 from detgan.transforms import BoxCox, Chain, Standardise, Transform, transform_from_state
-from detgan.utils import DetganError, resolve_device
+from detgan.utils import DetganError, check_output_path, resolve_device
 
 __all__ = [
     "CaloDataConfig",
@@ -643,13 +643,29 @@ def generate_calo(
     *,
     device: str = "cpu",
     overwrite: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> Path:
     """Write generated showers to ``out`` in the training file's format (CaloChallenge in →
-    CaloChallenge out, LHCb .npz, detgan native for ATLAS clusters); provenance in attributes."""
+    CaloChallenge out, LHCb .npz, detgan native for ATLAS clusters); provenance in attributes.
+
+    ``shard`` = (i, K): only the i-th of K contiguous parts of those showers (the same
+    conditions and showers; :mod:`detgan.io.shards` gives the range, attributes and merge)."""
+    from detgan.distributed import windowed
+    from detgan.io.shards import shard_attrs, shard_range
+
     model = load_calo_model(run_dir, device)
     cond, energy, conditions = conditions_from_spec(model, energy_spec, n, seed)
-    cells = model.sample(cond, seed).astype(np.float32)
-    showers = Showers(energy, cells, model.layout, conditions, {"source_format": "generated"})
+    check_output_path(out, overwrite)  # before the work, not after it
+    start, stop = shard_range(len(energy), shard[1], shard[0])
+    cells = windowed(model, start, stop, len(energy)).sample(cond, seed)[start:stop]
+    part = {k: v[start:stop] for k, v in conditions.items()}
+    showers = Showers(
+        energy[start:stop],
+        cells.astype(np.float32),
+        model.layout,
+        part,
+        {"source_format": "generated"},
+    )
     attrs = {
         "generator": f"detgan calo WGAN ({model.kind})",
         "run_dir": str(run_dir),
@@ -658,6 +674,7 @@ def generate_calo(
         "energy_spec": str(energy_spec),
         "config_json": model.setup.to_json(),
         "detgan_version": __version__,
+        **shard_attrs(len(energy), shard[1], shard[0]),
     }
     return save_showers(showers, out, model.extra["format"], attrs=attrs, overwrite=overwrite)
 

@@ -40,7 +40,7 @@ from detgan.train import (
     prepare_run_dir,
 )
 from detgan.transforms import Standardise, Transform, transform_from_state
-from detgan.utils import DetganError, resolve_device
+from detgan.utils import DetganError, check_output_path, resolve_device
 
 __all__ = [
     "FootprintDataConfig",
@@ -461,12 +461,21 @@ def generate(
     *,
     device: str = "cpu",
     overwrite: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> Path:
     """Write ``n`` generated events to ``out``: ``footprint`` (N, 9, 9) float32, ``energy`` (N,)
-    float64 in EeV and ``log10_energy`` (N,), the layout of the simulation files."""
+    float64 in EeV and ``log10_energy`` (N,), the layout of the simulation files.
+
+    ``shard`` = (i, K): only the i-th of K contiguous parts of those events (the same energies
+    and events; :mod:`detgan.io.shards` gives the range, its attributes and the merge)."""
+    from detgan.distributed import windowed
+    from detgan.io.shards import shard_attrs, shard_range
+
     model = load_footprint_model(run_dir, device)
     energy = parse_energy_spec(energy_spec, n, seed)
-    footprint = model.sample(energy, seed)
+    check_output_path(out, overwrite)  # before the work, not after it
+    start, stop = shard_range(len(energy), shard[1], shard[0])
+    footprint = windowed(model, start, stop, len(energy)).sample(energy, seed)[start:stop]
     attrs = {
         "generator": "detgan footprint WGAN",
         "run_dir": str(run_dir),
@@ -476,8 +485,10 @@ def generate(
         "config_json": model.setup.to_json(),
         "n_side": 9,
         "trigger_threshold": 10 ** float(model.extra["threshold"]) - 1.0,
-        "n_events": len(energy),
+        "n_events": stop - start,
+        **shard_attrs(len(energy), shard[1], shard[0]),
     }
+    energy = energy[start:stop]
     arrays = {"footprint": footprint, "energy": energy, "log10_energy": np.log10(energy) + 18.0}
     return write_arrays(out, arrays, attrs, overwrite=overwrite)
 
