@@ -6,10 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
-from detgan.cli._common import add_output, add_overrides, add_runtime, add_seed, read_overrides
-from detgan.utils import DetganError, resolve_device, seed_everything, set_threads
+from detgan.cli._common import (
+    add_output,
+    add_overrides,
+    add_runtime,
+    add_seed,
+    add_training,
+    configured,
+    read_overrides,
+    run_training,
+    runtime,
+)
+from detgan.utils import DetganError, seed_everything
 
 __all__ = ["register", "run_train", "run_study", "run_params"]
 
@@ -30,14 +39,7 @@ def register(commands, groups) -> None:
     p.add_argument(
         "--preset", default="quick", choices=PRESETS, help="hyper-parameters (default: %(default)s)"
     )
-    add_output(p, "run directory")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in -o from its checkpoint"
-    )
-    add_overrides(p, "model/train/data", "iterations=2000")
-    add_seed(p, default=None)
-    add_runtime(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training(p, "iterations=2000")
     p.set_defaults(func=run_train)
 
     p = groups["study"].add_parser(
@@ -78,40 +80,17 @@ def register(commands, groups) -> None:
     p.set_defaults(func=run_params)
 
 
-def _runtime(args: argparse.Namespace) -> str:
-    set_threads(args.threads)
-    return str(resolve_device(args.device))
-
-
 def run_train(args: argparse.Namespace) -> int:
     from detgan.studies.calo import calo_preset, train_calo
 
-    device = _runtime(args)
-    overrides = read_overrides(args)
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    setup = calo_preset(args.model, args.preset).with_overrides(overrides)
-    if args.resume and overrides:
-        print("detgan: resuming: the run's stored configuration is used", file=sys.stderr)
-    seed_everything(setup.train.seed)
-    start = time.perf_counter()
-    run = train_calo(
-        setup,
-        args.data,
-        args.output,
-        device=device,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-    print(f"trained {args.model} run '{run}' in {time.perf_counter() - start:.0f} s on {device}")
-    return 0
+    setup = configured(args, calo_preset(args.model, args.preset))
+    return run_training(args, args.model, setup, train_calo, args.data)
 
 
 def run_study(args: argparse.Namespace) -> int:
     from detgan.studies.calo import run_calo_study
 
-    device = _runtime(args)
+    device = runtime(args)
     if args.events < 1:
         raise DetganError(f"--events must be at least 1, got {args.events}")
     seed_everything(args.seed)
@@ -139,7 +118,7 @@ def run_study(args: argparse.Namespace) -> int:
 def run_params(args: argparse.Namespace) -> int:
     from detgan.studies.calo import run_parameter_study
 
-    device = _runtime(args)
+    device = runtime(args)
     if args.seeds < 1 or args.events < 1:
         raise DetganError("--seeds and --events must be at least 1")
     rows = run_parameter_study(
