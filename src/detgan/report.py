@@ -156,6 +156,19 @@ def _mean_sep(group: dict[str, Any]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+#: at most this many per-observable histograms per family (CaloChallenge dataset 2 has 400
+#: observables); the ones furthest above their floor are drawn, every number is in the tables
+MAX_HISTOGRAMS = 36
+
+
+def _most_distant(names: list[str], m: dict[str, Any], floor: dict[str, Any]) -> set[str]:
+    """The MAX_HISTOGRAMS observables with the largest separation power / floor."""
+    if len(names) <= MAX_HISTOGRAMS:
+        return set(names)
+    ratio = lambda n: m[n]["separation"] / max(floor.get(n, {}).get("separation") or 0, 1e-7)  # noqa: E731
+    return set(sorted(names, key=ratio, reverse=True)[:MAX_HISTOGRAMS])
+
+
 def _redundant(name: str, names: Any) -> bool:
     """``occupancy_l`` duplicates ``sparsity_l`` (= 1 − occupancy): kept in the JSON only."""
     return name.startswith("occupancy_") and f"sparsity_{name[10:]}" in names
@@ -224,19 +237,25 @@ def build_figures(evaluation: Any) -> dict[str, list[tuple[str, Any]]]:
             and math.isfinite(d["separation"])
             and not _redundant(n, feats)
         ]
+        shown = _most_distant(names, feats, result.get("floor", {}).get("features", {}))
         if names:
             floor = result.get("floor", {}).get("features", {})
+            some = [n for n in names if n in shown]
+            what = "" if len(some) == len(names) else f" ({len(some)} of {len(names)} shown)"
             figs.append(
                 (
-                    "Separation power per observable, with the reference-vs-reference floor",
+                    "Separation power per observable, with the reference-vs-reference floor" + what,
                     plots.distance_overview(
-                        [ref.labels.get(n, n) for n in names],
-                        [max(feats[n]["separation"], 1e-7) for n in names],
-                        [max(floor.get(n, {}).get("separation", np.nan), 1e-7) for n in names],
+                        [ref.labels.get(n, n) for n in some],
+                        [max(feats[n]["separation"], 1e-7) for n in some],
+                        [max(floor.get(n, {}).get("separation", np.nan), 1e-7) for n in some],
                     ),
                 )
             )
-        for name in (k for k in ref.features if not _redundant(k, ref.features)):
+        undefined_only = [n for n in ref.features if n not in feats or n not in names]
+        for name in (k for k in ref.features if k in shown or k in undefined_only):
+            if _redundant(name, ref.features):
+                continue
             label = ref.labels.get(name, name)
             figs.append(
                 (
