@@ -338,18 +338,31 @@ class CellStatistics:
         return out
 
 
+def _mean_var(x: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and variance (ddof = 1) in float64, two passes over row chunks (no float64
+    copy of a large float32 array)."""
+    total = np.zeros(x.shape[1])
+    for i in range(0, len(x), chunk):
+        total += x[i : i + chunk].sum(0, dtype=np.float64)
+    mean = total / len(x)
+    sq = np.zeros(x.shape[1])
+    for i in range(0, len(x), chunk):
+        sq += ((x[i : i + chunk] - mean) ** 2).sum(0)
+    return mean, sq / (len(x) - 1)
+
+
 def cell_statistics(reference: Any, candidate: Any) -> CellStatistics:
     """Per-cell mean m_c and variance v_c of (N, ...) and (M, ...) cells (flattened per event).
 
     Returns m_c^cand/m_c^ref, v_c^cand/v_c^ref (NaN where the reference is 0) and
     |log(1 + v_c^cand) − log(1 + v_c^ref)| (Klein's display quantity), each of shape (D,).
     """
-    ref, cand = check_samples(reference, candidate, what="cell_statistics")
+    keep = np.float32 if np.asarray(reference).dtype == np.float32 else np.float64
+    ref, cand = check_samples(reference, candidate, what="cell_statistics", dtype=keep)
     ref, cand = ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)
     if min(len(ref), len(cand)) < 2:
         raise DetganError("cell_statistics needs at least 2 events per sample")
-    mr, mc = ref.mean(0), cand.mean(0)
-    vr, vc = ref.var(0, ddof=1), cand.var(0, ddof=1)
+    (mr, vr), (mc, vc) = _mean_var(ref), _mean_var(cand)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_ratio = np.where(mr != 0, mc / np.where(mr != 0, mr, 1), np.nan)
         var_ratio = np.where(vr != 0, vc / np.where(vr != 0, vr, 1), np.nan)
