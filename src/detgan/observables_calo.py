@@ -43,10 +43,13 @@ EPS_CC = 1e-16
 EPS_CALOGAN = 1e-6
 
 
-def apply_threshold(cells: np.ndarray, e_min: float) -> np.ndarray:
-    """Voxels with E < E_min set to 0 (E = E_min kept; negatives zeroed), float64 (§1.1.6)."""
-    x = np.asarray(cells, dtype=np.float64)
-    return np.where(x < e_min, 0.0, x)
+def apply_threshold(cells: np.ndarray, e_min: float, dtype: Any = np.float64) -> np.ndarray:
+    """Voxels with E < E_min set to 0 (E = E_min kept; negatives zeroed), as ``dtype`` (§1.1.6).
+
+    The comparison is made in float64 whatever the dtype, so a float32 file is thresholded
+    exactly as its float64 conversion would be."""
+    x = np.asarray(cells)
+    return np.where(x < np.float64(e_min), 0.0, x).astype(dtype, copy=False)
 
 
 def layer_table(binning: Any) -> list[dict[str, Any]]:
@@ -99,7 +102,7 @@ def calochallenge_features(
     ``occupancy_l``; per α-binned layer: ``ec_eta_l``, ``ec_phi_l``, ``width_eta_l``,
     ``width_phi_l`` (mm, ε = 10⁻¹⁶ MeV so an empty layer gives 0).
     """
-    x = np.asarray(cells, dtype=np.float64)
+    x = np.asarray(cells)  # converted to float64 layer by layer (no full float64 copy)
     e_inc = np.asarray(e_inc, dtype=np.float64).reshape(-1)
     table = layer_table(binning)
     n_vox = table[-1]["slice"].stop
@@ -108,12 +111,12 @@ def calochallenge_features(
             f"showers have shape {x.shape} with {len(e_inc)} energies; the binning "
             f"expects (N, {n_vox})"
         )
-    etot = x.sum(1)
-    out = {"etot": etot, "etot_einc": etot / e_inc}
+    etot = np.zeros(len(x))
+    out = {"etot": etot, "etot_einc": etot}
     for lay in table:
         if lay["empty"]:
             continue
-        e, k = x[:, lay["slice"]], lay["id"]
+        e, k = np.asarray(x[:, lay["slice"]], np.float64), lay["id"]
         el = e.sum(1)
         out[f"e_layer_{k}"] = el
         if lay["n_alpha"] > 1:
@@ -122,6 +125,8 @@ def calochallenge_features(
         out[f"ec_r_{k}"], out[f"width_r_{k}"] = _moments(e, el, lay["r"])
         out[f"sparsity_{k}"] = 1.0 - (e > 0).sum(1) / e.shape[1]
         out[f"occupancy_{k}"] = 1.0 - out[f"sparsity_{k}"]
+        etot += el  # layers in flat order: the same sum as over all voxels
+    out["etot_einc"] = etot / e_inc
     return out
 
 
@@ -428,10 +433,9 @@ def showers_family(showers: Any, *, legacy: tuple[str, ...] = ()) -> Any:
         return lhcb_family(showers, legacy="lhcb-2019" in legacy)
     if getattr(layout, "kind", "") == "calochallenge":
         e_min = float(showers.meta.get("e_min", getattr(layout, "e_min", 0.0)) or 0.0)
-        cells = apply_threshold(showers.cells, e_min)
+        cells = apply_threshold(showers.cells, e_min, store)  # lossless: only zeroes voxels
         feats = calochallenge_features(cells, energy, layout)
         low = calochallenge_cls_low(cells, energy, low_dtype)
-        cells = cells.astype(store, copy=False)  # lossless: thresholding only zeroes voxels
         data = FamilyData(
             "calochallenge",
             feats,
@@ -441,9 +445,10 @@ def showers_family(showers: Any, *, legacy: tuple[str, ...] = ()) -> Any:
             cond,
             high=calochallenge_cls_high(feats, energy, layout),
         )
-        rows, cols = np.nonzero(cells > 0)
-        nz = cells[rows, cols]
-        del cols
+        flat = np.flatnonzero(cells > 0)
+        nz = cells.reshape(-1)[flat]
+        rows = flat // cells.shape[1]
+        del flat
         data.pooled = {"voxel_energy": nz, "_owner_voxel_energy": rows.astype(np.int32)}
         data.bins = {
             k: b
