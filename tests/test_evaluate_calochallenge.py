@@ -268,3 +268,55 @@ def test_bad_inputs_fail_with_one_exact_line(tmp_path):
         str(err.value)
         == "ks_test: candidate contains inf values (first rows [0]); remove or fix those events"
     )
+
+
+def test_published_classifier_protocol_is_exact():
+    """§3.2: 3 hidden layers of 2048 (LeakyReLU 0.01, dropout 0), Adam 2·10⁻⁴, batch 1000,
+    50 epochs, 10 runs, no standardisation, published per-class splits; FPD 20 draws, KPD
+    batches of 10 000 (§3.3)."""
+    import torch
+
+    from detgan.classifier import _make_classifier, _split_counts
+
+    s = EvaluationSettings(protocol="calochallenge")
+    cs = s.classifier_settings()
+    assert (cs.hidden, cs.n_layers, cs.learning_rate, cs.batch_size) == (2048, 3, 2e-4, 1000)
+    assert (cs.epochs, cs.n_runs, cs.dropout, cs.standardize, cs.dtype) == (
+        50,
+        10,
+        0.0,
+        False,
+        "float32",
+    )
+    assert cs.patience == 0 and cs.max_input_weights == 0 and cs.width_for(6481) == 2048
+    net = _make_classifier(369, cs)
+    linear = [m for m in net if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [
+        (369, 2048),
+        (2048, 2048),
+        (2048, 2048),
+        (2048, 1),
+    ]
+    assert all(m.negative_slope == 0.01 for m in net if isinstance(m, torch.nn.LeakyReLU))
+    assert _split_counts(121000) == (80000, 20000, 21000)
+    assert _split_counts(120800) == (80000, 20000, 20800)
+    assert _split_counts(100000) == (60000, 20000, 20000)
+    assert _split_counts(20000) == (12000, 4000, 4000)
+    assert (s.fpd_draws(362), s.kpd_batch()) == (20, 10000)
+    fast = EvaluationSettings()
+    assert (fast.fpd_draws(30), fast.fpd_draws(362), fast.kpd_batch()) == (10, 5, 5000)
+    f = fast.classifier_settings()
+    assert (f.width_for(369), f.width_for(1297), f.width_for(6481), f.patience) == (128, 128, 32, 5)
+
+
+def test_prdc_uses_log10_cells_with_zeros_at_minus_one(tmp_path):
+    """§3.4: PRDC on log10 of the thresholded voxels, exact zeros → 0.1 MeV, not cls-low."""
+    ref = _showers(1, n=300)
+    ev = _evaluate(tmp_path, ref, ref, prdc=True)
+    p = ev.summary["families"]["calochallenge"]["metrics"]["prdc"]
+    assert p["precision"] == p["recall"] == p["coverage"] == 1.0  # identical samples
+    data = ev.samples["calochallenge"][0]
+    from detgan.comparison import nn_representation
+
+    rep = nn_representation(data)
+    assert rep.min() == -1.0 and np.all(rep[data.cells > 0] >= 0.0)  # E ≥ E_min = 1 MeV

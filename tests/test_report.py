@@ -72,3 +72,27 @@ def test_to_json_and_format():
         "b": [None, 2],
     }
     assert report._fmt(1.23456e-5) == "1.23e-05" and report._pm(0.5, 0.01) == "0.5 ± 0.01"
+
+
+def test_histograms_limited_to_the_observables_furthest_above_their_floor():
+    names = [f"f{i}" for i in range(50)]
+    m = {n: {"separation": float(i)} for i, n in enumerate(names)}
+    floor = {n: {"separation": 1.0} for n in names}
+    shown = report._most_distant(names, m, floor)
+    assert len(shown) == report.MAX_HISTOGRAMS and shown == set(names[-report.MAX_HISTOGRAMS :])
+    assert report._redundant("occupancy_3", {"sparsity_3": 1}) and not report._redundant(
+        "occupancy_3", {}
+    )
+
+
+def test_calorimeter_labels_carry_units():
+    from detgan.observables_calo import calo_labels
+
+    labels = calo_labels(["etot_einc", "e_layer_12", "width_phi_2", "etot_einc_at_4096"])
+    assert labels == {
+        "etot_einc": "E_tot / E_inc",
+        "e_layer_12": "E layer 12 / MeV",
+        "width_phi_2": "W_φ layer 2 / mm",
+        "etot_einc_at_4096": "E_tot / E_inc at E_inc = 4096 MeV",
+    }
+    assert calo_labels(["width_phi_middle"], "atlas") == {"width_phi_middle": "w_φ middle / rad"}
