@@ -451,8 +451,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- reference: `{inp['reference']}` ({_sizes(inp['n_reference'])} events)",
         f"- candidate: `{inp['candidate']}` ({_sizes(inp['n_candidate'])} events)",
         f"- kind: {inp['kind']}; protocol: {s['protocol']}; seed: {s['seed']}",
-        f"- classifier: {cs['n_layers']} × {cs['hidden']} units, {cs['epochs']} epochs, "
-        f"{cs['n_runs']} runs, lr {cs['learning_rate']}; mean ± std (ddof 1) over runs",
+        f"- classifier: {_net(cs)}, {cs['n_runs']} runs, lr {cs['learning_rate']}; "
+        "mean ± std (ddof 1) over runs",
         "- floor: the reference split into two random halves, evaluated with the same pipeline",
         f"- elapsed: {summary.get('elapsed_s', '–')} s on "
         f"{summary['environment']['threads']} thread(s)",
@@ -484,6 +484,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if summary.get("warnings"):
         parts += ["## Warnings", ""] + [f"- {w}" for w in summary["warnings"]] + [""]
     return "\n".join(parts)
+
+
+def _net(cs: dict[str, Any]) -> str:
+    """'2 × 128 units (fewer for wide inputs), up to 15 epochs (patience 5)'."""
+    narrow = " (fewer for wide inputs)" if cs.get("max_input_weights") else ""
+    stop = f" (patience {cs['patience']})" if cs.get("patience") else ""
+    return f"{cs['n_layers']} × {cs['hidden']} units{narrow}, up to {cs['epochs']} epochs{stop}"
 
 
 def _legacy(settings: dict[str, Any]) -> str:
@@ -554,7 +561,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, list[tuple[str, Any]
         "<p class=note>Every number is shown next to its <b>floor</b>: the same metric between "
         "two random halves of the reference (statistical limit; sizes differ from the main "
         "comparison). "
-        f"Classifier: {cs['n_layers']} × {cs['hidden']} units, {cs['epochs']} epochs, "
+        f"Classifier: {esc(_net(cs))}, "
         f"{cs['n_runs']} independent runs (mean ± std, ddof 1), isotonic calibration on the test "
         "split, AUC and JSD (bits) on the validation split. FPD/KPD ×10³ on the high-level "
         "features. W₁ errors: bootstrap (100 resamplings).</p>",
