@@ -38,10 +38,17 @@ from detgan.utils import DetganError
 
 N = 6
 TRIED: collections.Counter = collections.Counter()
-FAST = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SLOW = settings(max_examples=600, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FAST = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+SLOW = settings(
+    max_examples=600,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 ABSURD = 2**40  # declared events: petabytes, never allocatable
 
 # ------------------------------------------------------------------------- valid bases
@@ -50,28 +57,43 @@ ABSURD = 2**40  # declared events: petabytes, never allocatable
 def _airshower(rng: np.random.Generator) -> tuple[dict, dict]:
     fp = rng.uniform(0, 50, (N, 9, 9)).astype(np.float32)
     energy = rng.uniform(1, 100, N)
-    arrays = {"footprint": fp, "energy": energy, "log10_energy": np.log10(energy) + 18,
-              "triggered": fp > 10, "arrival_time": fp.copy(), "core": np.zeros((N, 3))}
+    arrays = {
+        "footprint": fp,
+        "energy": energy,
+        "log10_energy": np.log10(energy) + 18,
+        "triggered": fp > 10,
+        "arrival_time": fp.copy(),
+        "core": np.zeros((N, 3)),
+    }
     return arrays, {"n_side": 9, "n_bins": 80, "trigger_threshold": 115.2}
 
 
 def _calochallenge(rng: np.random.Generator) -> tuple[dict, dict]:
-    return {"incident_energies": rng.uniform(1e3, 1e5, (N, 1)).astype(np.float32),
-            "showers": rng.uniform(0, 10, (N, 368)).astype(np.float32)}, {}
+    return {
+        "incident_energies": rng.uniform(1e3, 1e5, (N, 1)).astype(np.float32),
+        "showers": rng.uniform(0, 10, (N, 368)).astype(np.float32),
+    }, {}
 
 
 def _calogan(rng: np.random.Generator) -> tuple[dict, dict]:
-    layers = {f"layer_{k}": rng.uniform(0, 5, (N, *shape)).astype(np.float32)
-              for k, shape in enumerate([(3, 96), (12, 12), (12, 6)])}
-    return {"energy": rng.uniform(1, 100, (N, 1)).astype(np.float32), **layers,
-            "overflow": rng.uniform(0, 1, (N, 3)).astype(np.float32)}, {}
+    layers = {
+        f"layer_{k}": rng.uniform(0, 5, (N, *shape)).astype(np.float32)
+        for k, shape in enumerate([(3, 96), (12, 12), (12, 6)])
+    }
+    return {
+        "energy": rng.uniform(1, 100, (N, 1)).astype(np.float32),
+        **layers,
+        "overflow": rng.uniform(0, 1, (N, 3)).astype(np.float32),
+    }, {}
 
 
 def _lhcb(rng: np.random.Generator) -> tuple[dict, dict]:
-    return {"EnergyDeposit": rng.uniform(0, 5, (N, 30, 30)).astype(np.float32),
-            "ParticlePoint": rng.uniform(-10, 10, (N, 3)),
-            "ParticleMomentum": rng.uniform(1, 50, (N, 3)),
-            "ParticlePDG": np.full(N, 22)}, {}
+    return {
+        "EnergyDeposit": rng.uniform(0, 5, (N, 30, 30)).astype(np.float32),
+        "ParticlePoint": rng.uniform(-10, 10, (N, 3)),
+        "ParticleMomentum": rng.uniform(1, 50, (N, 3)),
+        "ParticlePDG": np.full(N, 22),
+    }, {}
 
 
 def _native_template(rng: np.random.Generator) -> tuple[dict, dict]:
@@ -86,16 +108,34 @@ def _native_template(rng: np.random.Generator) -> tuple[dict, dict]:
     return arrays, attrs
 
 
-BASES = {"airshower": _airshower, "calochallenge": _calochallenge, "calogan": _calogan,
-         "native": _native_template, "lhcb": _lhcb}
-ENERGY = {"airshower": "energy", "calochallenge": "incident_energies", "calogan": "energy",
-          "native": "energy", "lhcb": "ParticleMomentum"}
-REQUIRED = {"airshower": ["energy", "footprint"],
-            "calochallenge": ["incident_energies", "showers"],
-            "calogan": ["energy", "layer_0", "layer_1", "layer_2"], "native": ["cells", "energy"],
-            "lhcb": ["EnergyDeposit", "ParticleMomentum", "ParticlePoint"]}
-ATTRS = {"airshower": "n_side", "native": "layout", "calochallenge": "binning_xml",
-         "calogan": "junk", "lhcb": "meta"}
+BASES = {
+    "airshower": _airshower,
+    "calochallenge": _calochallenge,
+    "calogan": _calogan,
+    "native": _native_template,
+    "lhcb": _lhcb,
+}
+ENERGY = {
+    "airshower": "energy",
+    "calochallenge": "incident_energies",
+    "calogan": "energy",
+    "native": "energy",
+    "lhcb": "ParticleMomentum",
+}
+REQUIRED = {
+    "airshower": ["energy", "footprint"],
+    "calochallenge": ["incident_energies", "showers"],
+    "calogan": ["energy", "layer_0", "layer_1", "layer_2"],
+    "native": ["cells", "energy"],
+    "lhcb": ["EnergyDeposit", "ParticleMomentum", "ParticlePoint"],
+}
+ATTRS = {
+    "airshower": "n_side",
+    "native": "layout",
+    "calochallenge": "binning_xml",
+    "calogan": "junk",
+    "lhcb": "meta",
+}
 
 # ------------------------------------------------------------------------- damage
 
@@ -111,8 +151,12 @@ def _write(path: Path, fmt: str, arrays: dict, attrs: dict, special: dict) -> No
             if special.get(name) == "group":
                 f.create_group(name)
             elif special.get(name) == "absurd":
-                f.create_dataset(name, shape=(ABSURD, *value.shape[1:]), dtype=value.dtype,
-                                 chunks=(64, *value.shape[1:]))
+                f.create_dataset(
+                    name,
+                    shape=(ABSURD, *value.shape[1:]),
+                    dtype=value.dtype,
+                    chunks=(64, *value.shape[1:]),
+                )
             else:
                 f.create_dataset(name, data=value)
         for key, value in attrs.items():
@@ -126,21 +170,44 @@ def damage(draw, fmt: str) -> tuple[str, str | None, dict, dict, dict]:
     arrays, attrs = BASES[fmt](np.random.default_rng(draw(st.integers(0, 2**16))))
     names, energy, special = sorted(arrays), ENERGY[fmt], {}
     name = draw(st.sampled_from(names))
-    kinds = ["missing", "group", "shape", "dtype", "nonfinite", "negative", "empty", "length",
-             "absurd", "scalar", "attribute"]
-    kind = draw(st.sampled_from(kinds if fmt != "lhcb" else
-                                [k for k in kinds if k not in ("group", "absurd", "attribute")]
-                                + ["pickle"]))
+    kinds = [
+        "missing",
+        "group",
+        "shape",
+        "dtype",
+        "nonfinite",
+        "negative",
+        "empty",
+        "length",
+        "absurd",
+        "scalar",
+        "attribute",
+    ]
+    kind = draw(
+        st.sampled_from(
+            kinds
+            if fmt != "lhcb"
+            else [k for k in kinds if k not in ("group", "absurd", "attribute")] + ["pickle"]
+        )
+    )
     if kind in ("missing", "group"):  # optional datasets may be absent, extra groups ignored
         name = draw(st.sampled_from(REQUIRED[fmt]))
     if kind == "missing":
         del arrays[name]
-        return kind, "no (dataset|array)|not a known showers format|not a detgan showers", \
-            arrays, attrs, special
+        return (
+            kind,
+            "no (dataset|array)|not a known showers format|not a detgan showers",
+            arrays,
+            attrs,
+            special,
+        )
     if kind in ("group", "absurd"):
         special.update({n: kind for n in (names if kind == "absurd" else [name])})
-        expected = ("group|no dataset|not a known" if kind == "group" else
-                    "declares .* events|not a known showers format")
+        expected = (
+            "group|no dataset|not a known"
+            if kind == "group"
+            else "declares .* events|not a known showers format"
+        )
         return kind, expected, arrays, attrs, special
     if kind == "shape":
         shape = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=4)))
@@ -148,8 +215,9 @@ def damage(draw, fmt: str) -> tuple[str, str | None, dict, dict, dict]:
         return kind, None, arrays, attrs, special  # some other shapes are valid alternatives
     if kind == "dtype":
         dtype = draw(st.sampled_from(["complex64", "bool", "S4", "int8", "uint16", "float16"]))
-        arrays[name] = np.zeros(arrays[name].shape, dtype) if dtype == "S4" else \
-            arrays[name].astype(dtype)
+        arrays[name] = (
+            np.zeros(arrays[name].shape, dtype) if dtype == "S4" else arrays[name].astype(dtype)
+        )
         return kind, None, arrays, attrs, special
     if kind in ("nonfinite", "negative"):
         floats = [n for n in names if arrays[n].dtype.kind == "f"]
@@ -158,8 +226,9 @@ def damage(draw, fmt: str) -> tuple[str, str | None, dict, dict, dict]:
             arrays[target] = arrays[target].astype(np.float64)
         flat = arrays[target].reshape(-1)
         if kind == "nonfinite":
-            flat[draw(st.integers(0, flat.size - 1))] = draw(st.sampled_from(
-                [np.nan, np.inf, -np.inf]))
+            flat[draw(st.integers(0, flat.size - 1))] = draw(
+                st.sampled_from([np.nan, np.inf, -np.inf])
+            )
             return kind, "nan or inf", arrays, attrs, special
         row = draw(st.integers(0, N - 1))
         arrays[target][row] = draw(st.sampled_from([0.0, -1e-3, -5.0, -1e30]))
@@ -217,8 +286,11 @@ def _validated(results: list) -> None:
         if isinstance(r, Showers):
             assert np.isfinite(r.cells).all() and np.isfinite(r.energy).all()
             assert (r.energy > 0).all() and len(r) > 0 and r.cells.shape[0] == len(r)
-            assert all(len(v) == len(r) and np.isfinite(v).all() for v in r.conditions.values()
-                       if v.dtype.kind == "f")
+            assert all(
+                len(v) == len(r) and np.isfinite(v).all()
+                for v in r.conditions.values()
+                if v.dtype.kind == "f"
+            )
         elif isinstance(r, dict) and r and all(isinstance(v, np.ndarray) for v in r.values()):
             assert len({len(v) for v in r.values()}) == 1
             assert all(np.isfinite(v).all() for v in r.values() if v.dtype.kind == "f")
@@ -277,9 +349,14 @@ def _bytes(workdir: Path, fmt: str, seed: int, data) -> None:
     _write(path, fmt, arrays, attrs, {})
     kind, content = data.draw(byte_damage(path.read_bytes()))
     path.write_bytes(content)
-    outcome = _expect(lambda: _read_all(fmt, path), path, None if kind == "overwrite" else
-                      "corrupt|truncated|not a readable|not a known|no array|no dataset|"
-                      "not a detgan|different|shape")
+    outcome = _expect(
+        lambda: _read_all(fmt, path),
+        path,
+        None
+        if kind == "overwrite"
+        else "corrupt|truncated|not a readable|not a known|no array|no dataset|"
+        "not a detgan|different|shape",
+    )
     TRIED[f"{fmt}:{kind}:{outcome}"] += 1
     path.unlink()
 
@@ -313,8 +390,10 @@ def test_many_damaged_files(workdir, fmt, seed, data):
 
 
 @FAST
-@given(content=st.binary(max_size=256) | st.text(max_size=64).map(str.encode),
-       suffix=st.sampled_from([".json", ".toml"]))
+@given(
+    content=st.binary(max_size=256) | st.text(max_size=64).map(str.encode),
+    suffix=st.sampled_from([".json", ".toml"]),
+)
 def test_malformed_config_files_are_refused(workdir, content, suffix):
     path = workdir / f"config{suffix}"
     path.write_bytes(content)
@@ -333,16 +412,65 @@ def test_malformed_config_files_are_refused(workdir, content, suffix):
 COMMANDS = {
     "inspect": ["inspect", "{f}"],
     "convert": ["convert", "{f}", "-o", "{o}.h5"],
-    "train-footprint": ["train", "footprint", "--data", "{f}", "-o", "{o}", "--quiet",
-                        "--device", "cpu", "--set", "iterations=1", "--set", "pretrain_steps=0",
-                        "--set", "hidden=16", "--set", "batch_size=4", "--set", "n_critic=1"],
-    "train-refiner": ["train", "refiner", "--sim", "{f}", "--data", "{f}", "-o", "{o}",
-                      "--quiet", "--device", "cpu", "--iterations", "1"],
-    "evaluate": ["evaluate", "--reference", "{f}", "--candidate", "{f}", "-o", "{o}",
-                 "--no-classifier", "--no-figures", "--no-fpd"],
+    "train-footprint": [
+        "train",
+        "footprint",
+        "--data",
+        "{f}",
+        "-o",
+        "{o}",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--set",
+        "iterations=1",
+        "--set",
+        "pretrain_steps=0",
+        "--set",
+        "hidden=16",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "n_critic=1",
+    ],
+    "train-refiner": [
+        "train",
+        "refiner",
+        "--sim",
+        "{f}",
+        "--data",
+        "{f}",
+        "-o",
+        "{o}",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--iterations",
+        "1",
+    ],
+    "evaluate": [
+        "evaluate",
+        "--reference",
+        "{f}",
+        "--candidate",
+        "{f}",
+        "-o",
+        "{o}",
+        "--no-classifier",
+        "--no-figures",
+        "--no-fpd",
+    ],
     "simulate-config": ["simulate", "airshower", "-n", "2", "--config", "{f}", "-o", "{o}.h5"],
-    "generate-energy": ["generate", "{fprun}", "--energy", "{f}", "-o", "{o}.h5", "--device",
-                        "cpu"],
+    "generate-energy": [
+        "generate",
+        "{fprun}",
+        "--energy",
+        "{f}",
+        "-o",
+        "{o}.h5",
+        "--device",
+        "cpu",
+    ],
     "refine": ["refine", "{rrun}", "{f}", "-o", "{o}.h5", "--device", "cpu", "--quiet"],
 }
 
@@ -352,14 +480,61 @@ def runs(workdir) -> dict[str, Path]:
     """A tiny footprint run and a tiny refiner run, for the commands that need one."""
     tiny = ["--quiet", "--device", "cpu", "--threads", "1"]
     for name, variant in (("sim", "sim"), ("data", "data")):
-        main(["simulate", "airshower", "-n", "60", "--variant", variant, "-o",
-              str(workdir / f"{name}.h5"), "--quiet", "--workers", "1"])
-    main(["train", "footprint", "--data", str(workdir / "data.h5"), "-o", str(workdir / "fprun"),
-          "--set", "iterations=1", "--set", "pretrain_steps=0", "--set", "hidden=16",
-          "--set", "batch_size=4", "--set", "n_critic=1", *tiny])
-    main(["train", "refiner", "--sim", str(workdir / "sim.h5"), "--data", str(workdir / "data.h5"),
-          "-o", str(workdir / "rrun"), "--iterations", "1", "--set", "batch_size=4",
-          "--set", "n_critic=1", *tiny])
+        main(
+            [
+                "simulate",
+                "airshower",
+                "-n",
+                "60",
+                "--variant",
+                variant,
+                "-o",
+                str(workdir / f"{name}.h5"),
+                "--quiet",
+                "--workers",
+                "1",
+            ]
+        )
+    main(
+        [
+            "train",
+            "footprint",
+            "--data",
+            str(workdir / "data.h5"),
+            "-o",
+            str(workdir / "fprun"),
+            "--set",
+            "iterations=1",
+            "--set",
+            "pretrain_steps=0",
+            "--set",
+            "hidden=16",
+            "--set",
+            "batch_size=4",
+            "--set",
+            "n_critic=1",
+            *tiny,
+        ]
+    )
+    main(
+        [
+            "train",
+            "refiner",
+            "--sim",
+            str(workdir / "sim.h5"),
+            "--data",
+            str(workdir / "data.h5"),
+            "-o",
+            str(workdir / "rrun"),
+            "--iterations",
+            "1",
+            "--set",
+            "batch_size=4",
+            "--set",
+            "n_critic=1",
+            *tiny,
+        ]
+    )
     assert (workdir / "fprun" / "checkpoint.pt").exists() and (workdir / "rrun").exists()
     return {"fprun": workdir / "fprun", "rrun": workdir / "rrun"}
 
@@ -386,24 +561,44 @@ def _cli_case(workdir: Path, capsys, command: str, fmt: str, case, runs) -> None
     Path(f"{out}.h5").unlink(missing_ok=True)
 
 
-_CLI_FORMATS = {"inspect": ["airshower"], "convert": ["calochallenge", "calogan", "lhcb", "native"],
-                "train-footprint": ["airshower"], "train-refiner": ["airshower"],
-                "evaluate": ["airshower", "calochallenge", "calogan", "lhcb", "native"],
-                "simulate-config": ["airshower"], "generate-energy": ["airshower"],
-                "refine": ["airshower"]}
+_CLI_FORMATS = {
+    "inspect": ["airshower"],
+    "convert": ["calochallenge", "calogan", "lhcb", "native"],
+    "train-footprint": ["airshower"],
+    "train-refiner": ["airshower"],
+    "evaluate": ["airshower", "calochallenge", "calogan", "lhcb", "native"],
+    "simulate-config": ["airshower"],
+    "generate-energy": ["airshower"],
+    "refine": ["airshower"],
+}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-@settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_cli_refuses_damaged_files_in_one_line(workdir, runs, capsys, command, data):
     fmt = data.draw(st.sampled_from(_CLI_FORMATS[command]))
     if command == "simulate-config":
         path = workdir / "bad.json"
         path.write_bytes(data.draw(st.binary(max_size=64) | st.just(b"[1]") | st.just(b"{")))
-        code = main(["simulate", "airshower", "-n", "2", "--config", str(path), "-o",
-                     str(workdir / "sim.h5"), "--quiet"])
+        code = main(
+            [
+                "simulate",
+                "airshower",
+                "-n",
+                "2",
+                "--config",
+                str(path),
+                "-o",
+                str(workdir / "sim.h5"),
+                "--quiet",
+            ]
+        )
         err = capsys.readouterr().err
         if code != 0:
             assert err.count("\n") == 1 and err.startswith("detgan: error: "), err
@@ -418,7 +613,8 @@ def test_zip_bomb_like_npz_header_is_refused(workdir):
     path = workdir / "huge.npz"
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": (ABSURD, 30, 30)})
+        header, {"descr": "<f4", "fortran_order": False, "shape": (ABSURD, 30, 30)}
+    )
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("EnergyDeposit.npy", header.getvalue() + b"\0" * 64)
         for key, shape in (("ParticlePoint", (N, 3)), ("ParticleMomentum", (N, 3))):
@@ -434,9 +630,12 @@ def test_zip_bomb_like_npz_header_is_refused(workdir):
 def test_binning_xml_garbage_is_refused(workdir):
     from detgan.io.calochallenge import parse_binning
 
-    for text in ["<Bins>", "<Bins><Bin name='photon'><Layer id='1' r_edges='0,1' "
-                 "n_bin_alpha='1'/></Bin></Bins>", "<Bins><Bin/><Bin/></Bins>",
-                 "<Bins><Bin><Layer id='0' r_edges='1,0' n_bin_alpha='0'/></Bin></Bins>"]:
+    for text in [
+        "<Bins>",
+        "<Bins><Bin name='photon'><Layer id='1' r_edges='0,1' n_bin_alpha='1'/></Bin></Bins>",
+        "<Bins><Bin/><Bin/></Bins>",
+        "<Bins><Bin><Layer id='0' r_edges='1,0' n_bin_alpha='0'/></Bin></Bins>",
+    ]:
         with pytest.raises(DetganError, match="binning XML"):
             parse_binning(text)
         TRIED["binning-xml:refused"] += 1

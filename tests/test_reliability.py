@@ -34,8 +34,20 @@ from detgan.train import CHECKPOINT_NAME, HISTORY_NAME, load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 EVERY = 4  # checkpoint interval of the harness runs: kills land between and during writes
-TINY = ["--set", "hidden=32", "--set", "pretrain_steps=5", "--set", "batch_size=32",
-        "--set", "n_critic=2", "--set", f"checkpoint_every={EVERY}", "--set", "ema_decay=0.9"]
+TINY = [
+    "--set",
+    "hidden=32",
+    "--set",
+    "pretrain_steps=5",
+    "--set",
+    "batch_size=32",
+    "--set",
+    "n_critic=2",
+    "--set",
+    f"checkpoint_every={EVERY}",
+    "--set",
+    "ema_decay=0.9",
+]
 RUNTIME = ["--quiet", "--device", "cpu", "--threads", "1"]
 
 
@@ -45,8 +57,19 @@ def _detgan(*args: str) -> list[str]:
 
 def _train_args(data: Path, run: Path, iterations: int, resume: bool) -> list[str]:
     again = ["--resume"] if resume else ["--overwrite"]
-    return ["train", "footprint", "--data", str(data), "-o", str(run),
-            "--set", f"iterations={iterations}", *TINY, *RUNTIME, *again]
+    return [
+        "train",
+        "footprint",
+        "--data",
+        str(data),
+        "-o",
+        str(run),
+        "--set",
+        f"iterations={iterations}",
+        *TINY,
+        *RUNTIME,
+        *again,
+    ]
 
 
 def _in_process(capsys, *argv: str) -> tuple[int, str]:
@@ -72,17 +95,85 @@ def files(tmp_path_factory) -> dict[str, Path]:
     """Small inputs made in-process: footprint data, sim/data traces, a CaloGAN file."""
     d = tmp_path_factory.mktemp("inputs")
     for name, variant, seed in (("fp", "data", 1), ("sim", "sim", 2), ("data", "data", 3)):
-        assert main(["simulate", "airshower", "-n", "300", "--variant", variant, "--seed",
-                     str(seed), "-o", str(d / f"{name}.h5"), "--quiet", "--workers", "1"]) == 0
-    assert main(["simulate", "calo", "--geometry", "calogan", "-n", "300", "-o",
-                 str(d / "calo.h5"), "--quiet"]) == 0
-    assert main(["train", "footprint", "--data", str(d / "fp.h5"), "-o", str(d / "fprun"),
-                 "--set", "iterations=3", *TINY, *RUNTIME]) == 0
-    assert main(["train", "refiner", "--sim", str(d / "sim.h5"), "--data", str(d / "data.h5"),
-                 "-o", str(d / "rrun"), "--iterations", "2", "--set", "batch_size=8",
-                 "--set", "n_critic=1", *RUNTIME]) == 0
+        assert (
+            main(
+                [
+                    "simulate",
+                    "airshower",
+                    "-n",
+                    "300",
+                    "--variant",
+                    variant,
+                    "--seed",
+                    str(seed),
+                    "-o",
+                    str(d / f"{name}.h5"),
+                    "--quiet",
+                    "--workers",
+                    "1",
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "simulate",
+                "calo",
+                "--geometry",
+                "calogan",
+                "-n",
+                "300",
+                "-o",
+                str(d / "calo.h5"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "footprint",
+                "--data",
+                str(d / "fp.h5"),
+                "-o",
+                str(d / "fprun"),
+                "--set",
+                "iterations=3",
+                *TINY,
+                *RUNTIME,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "refiner",
+                "--sim",
+                str(d / "sim.h5"),
+                "--data",
+                str(d / "data.h5"),
+                "-o",
+                str(d / "rrun"),
+                "--iterations",
+                "2",
+                "--set",
+                "batch_size=8",
+                "--set",
+                "n_critic=1",
+                *RUNTIME,
+            ]
+        )
+        == 0
+    )
     return {k: d / f"{k}.h5" for k in ("fp", "sim", "data", "calo")} | {
-        "fprun": d / "fprun", "rrun": d / "rrun"}
+        "fprun": d / "fprun",
+        "rrun": d / "rrun",
+    }
 
 
 # ------------------------------------------------------------------------- kill and resume
@@ -101,8 +192,9 @@ class KillLog:
     orphan_temporaries_seen: int = 0
 
 
-def _kill_at_random_moment(proc: subprocess.Popen, run: Path, start: int, launched: int,
-                           rng: random.Random) -> str | None:
+def _kill_at_random_moment(
+    proc: subprocess.Popen, run: Path, start: int, launched: int, rng: random.Random
+) -> str | None:
     """SIGKILL ``proc`` at a random moment; return 'startup'/'training', None if it ended."""
     if rng.random() < 0.25:  # anywhere in start-up: imports, data loading, checkpoint loading
         try:
@@ -150,8 +242,13 @@ def kill_and_resume(data: Path, run: Path, iterations: int, n_kills: int, seed: 
     while True:
         resume = (run / CHECKPOINT_NAME).exists()
         launched = time.time_ns()
-        proc = subprocess.Popen(_detgan(*_train_args(data, run, iterations, resume)), env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _detgan(*_train_args(data, run, iterations, resume)),
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         phase = None
         if log.kills < n_kills:
             phase = _kill_at_random_moment(proc, run, step, launched, rng)
@@ -193,12 +290,14 @@ def _assert_exact_and_complete(run: Path, reference: Path, iterations: int) -> N
     for name, weights in ref["models"].items():
         for key, value in weights.items():
             assert torch.equal(state["models"][name][key], value), (name, key)
-    assert sorted(p.name for p in run.iterdir()) == sorted([CHECKPOINT_NAME, HISTORY_NAME,
-                                                            "config.json"])
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        [CHECKPOINT_NAME, HISTORY_NAME, "config.json"]
+    )
 
 
-def _kill_resume_case(files, tmp_path, capsys, iterations: int, n_kills: int, seed: int,
-                      name: str) -> KillLog:
+def _kill_resume_case(
+    files, tmp_path, capsys, iterations: int, n_kills: int, seed: int, name: str
+) -> KillLog:
     reference = tmp_path / "reference"
     code, err = _in_process(capsys, *_train_args(files["fp"], reference, iterations, False))
     assert code == 0, err
@@ -212,37 +311,100 @@ def _kill_resume_case(files, tmp_path, capsys, iterations: int, n_kills: int, se
 
 
 def test_killed_training_resumes_exactly(files, tmp_path, capsys):
-    _kill_resume_case(files, tmp_path, capsys, iterations=24, n_kills=3, seed=11,
-                      name="kill-resume-fast")
+    _kill_resume_case(
+        files, tmp_path, capsys, iterations=24, n_kills=3, seed=11, name="kill-resume-fast"
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [101, 202])
 def test_killed_training_resumes_exactly_many_times(files, tmp_path, capsys, seed):
-    _kill_resume_case(files, tmp_path, capsys, iterations=80, n_kills=12, seed=seed,
-                      name=f"kill-resume-slow-{seed}")
+    _kill_resume_case(
+        files,
+        tmp_path,
+        capsys,
+        iterations=80,
+        n_kills=12,
+        seed=seed,
+        name=f"kill-resume-slow-{seed}",
+    )
 
 
 # ------------------------------------------------------------------- interrupted writers
 def _writer_cases(files: dict[str, Path], out: Path) -> dict[str, list[str]]:
     return {
-        "simulate-airshower": ["simulate", "airshower", "-n", "4000", "--batch-size", "100",
-                               "--workers", "1", "--quiet", "-o", str(out)],
-        "simulate-calo": ["simulate", "calo", "--geometry", "calogan", "-n", "1500",
-                          "--batch-size", "50", "--quiet", "-o", str(out)],
-        "generate": ["generate", str(files["fprun"]), "-n", "200000", "--energy", "uniform:1,100",
-                     "--device", "cpu", "--threads", "1", "-o", str(out)],
-        "refine": ["refine", str(files["rrun"]), str(files["sim"]), "--chunk-size", "10",
-                   "--quiet", "--device", "cpu", "--threads", "1", "-o", str(out)],
-        "convert": ["convert", str(files["calo"]), "--chunk-size", "3", "--to", "native",
-                    "-o", str(out)],
+        "simulate-airshower": [
+            "simulate",
+            "airshower",
+            "-n",
+            "4000",
+            "--batch-size",
+            "100",
+            "--workers",
+            "1",
+            "--quiet",
+            "-o",
+            str(out),
+        ],
+        "simulate-calo": [
+            "simulate",
+            "calo",
+            "--geometry",
+            "calogan",
+            "-n",
+            "1500",
+            "--batch-size",
+            "50",
+            "--quiet",
+            "-o",
+            str(out),
+        ],
+        "generate": [
+            "generate",
+            str(files["fprun"]),
+            "-n",
+            "200000",
+            "--energy",
+            "uniform:1,100",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "-o",
+            str(out),
+        ],
+        "refine": [
+            "refine",
+            str(files["rrun"]),
+            str(files["sim"]),
+            "--chunk-size",
+            "10",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "-o",
+            str(out),
+        ],
+        "convert": [
+            "convert",
+            str(files["calo"]),
+            "--chunk-size",
+            "3",
+            "--to",
+            "native",
+            "-o",
+            str(out),
+        ],
     }
 
 
 def _interrupt_while_writing(argv: list[str], out: Path, sig: int, rng: random.Random) -> str:
     """Start the command, send ``sig`` at a random moment while its temporary exists."""
-    proc = subprocess.Popen(_detgan(*argv), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _detgan(*argv), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     tmp = out.with_name(f".{out.name}.tmp-{proc.pid}")
     deadline = time.monotonic() + 240
     while proc.poll() is None and not tmp.exists() and time.monotonic() < deadline:
@@ -281,16 +443,18 @@ def _interrupted_then_rerun(files, tmp_path, capsys, name: str, sig: int, seed: 
     _check_output(name, out)
 
 
-@pytest.mark.parametrize("name", ["simulate-airshower", "simulate-calo", "generate", "refine",
-                                  "convert"])
+@pytest.mark.parametrize(
+    "name", ["simulate-airshower", "simulate-calo", "generate", "refine", "convert"]
+)
 def test_sigkilled_writer_leaves_no_partial_output(files, tmp_path, capsys, name):
     _interrupted_then_rerun(files, tmp_path, capsys, name, signal.SIGKILL, seed=5)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-@pytest.mark.parametrize("name", ["simulate-airshower", "simulate-calo", "generate", "refine",
-                                  "convert"])
+@pytest.mark.parametrize(
+    "name", ["simulate-airshower", "simulate-calo", "generate", "refine", "convert"]
+)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_interrupted_writer_at_random_moments(files, tmp_path, capsys, name, sig, seed):
     _interrupted_then_rerun(files, tmp_path, capsys, name, sig, seed)
@@ -309,8 +473,9 @@ def _nan_after(monkeypatch, calls: int) -> None:
     monkeypatch.setattr(losses, "gradient_penalty", poisoned)
 
 
-def test_non_finite_loss_stops_with_last_good_checkpoint_and_resumes(files, tmp_path, capsys,
-                                                                     monkeypatch):
+def test_non_finite_loss_stops_with_last_good_checkpoint_and_resumes(
+    files, tmp_path, capsys, monkeypatch
+):
     run = tmp_path / "run"
     argv = _train_args(files["fp"], run, 12, False)
     _nan_after(monkeypatch, calls=2 * 6 + 1)  # n_critic = 2: the first critic step of iteration 7
@@ -321,8 +486,14 @@ def test_non_finite_loss_stops_with_last_good_checkpoint_and_resumes(files, tmp_
         f"good checkpoint: '{run / CHECKPOINT_NAME}'; lower the learning rates or check the "
         "input data\n"
     )
-    assert load_checkpoint(run)["step"] == 4 and [r["step"] for r in _steps(run)] == [1, 2, 3, 4,
-                                                                                        5, 6]
+    assert load_checkpoint(run)["step"] == 4 and [r["step"] for r in _steps(run)] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
     monkeypatch.undo()
     code, err = _in_process(capsys, *_train_args(files["fp"], run, 12, True))
     assert code == 0, err

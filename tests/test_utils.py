@@ -35,8 +35,9 @@ def test_killed_writer_leaves_no_final_file_and_rerun_cleans_up(tmp_path):
         "with atomic_output(sys.argv[1]) as tmp:\n"
         "    tmp.write_text('partial'); print('ready', flush=True); time.sleep(60)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "ready"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
