@@ -26,6 +26,7 @@ from detgan import plots
 from detgan.utils import DetganError
 
 __all__ = [
+    "atomic_report_dir",
     "write_report",
     "headline_rows",
     "feature_rows",
@@ -598,7 +599,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, list[tuple[str, Any]
 
 
 @contextlib.contextmanager
-def _atomic_dir(path: Path, overwrite: bool) -> Iterator[Path]:
+def atomic_report_dir(path: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary folder renamed onto ``path`` on success; an old report is replaced only
     with ``overwrite`` and only if it looks like a report (holds ``summary.json``) or is empty."""
     if path.exists():
@@ -637,7 +638,7 @@ def write_report(
     """Write ``report.html``, ``summary.md``, ``summary.json`` (and ``extra_files``) to a folder."""
     path = Path(output)
     summary = to_json(evaluation.summary)
-    with _atomic_dir(path, overwrite) as tmp:
+    with atomic_report_dir(path, overwrite) as tmp:
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
         (tmp / "summary.md").write_text(render_markdown(summary))
         figs = build_figures(evaluation) if figures else {}

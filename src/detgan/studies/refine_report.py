@@ -11,14 +11,12 @@ import base64
 import html
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from detgan import plots
-from detgan.config import require
 
 __all__ = ["study_figures", "render_study_markdown", "write_study_report"]
 
@@ -186,30 +184,13 @@ def write_study_report(
     """Write the report folder atomically (temporary folder, then rename): ``summary.json``,
     ``report.md``, ``report.html`` and ``figures/NAME.png``. An existing folder is replaced only
     with ``overwrite`` and only if it is empty or holds a ``summary.json``."""
+    from detgan.report import atomic_report_dir
+
     out = Path(out)
-    _check_output(out, overwrite)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "figures").mkdir(parents=True)
-    try:
+    with atomic_report_dir(out, overwrite) as tmp:
+        (tmp / "figures").mkdir()
         _fill(tmp, summary, figures)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _check_output(out: Path, overwrite: bool) -> None:
-    if out.exists():
-        require(overwrite, f"output '{out}' already exists; pass --overwrite to replace it")
-        require(
-            out.is_dir() and (not any(out.iterdir()) or (out / "summary.json").exists()),
-            f"output '{out}' exists and is not a detgan report; choose another folder",
-        )
-    require(out.parent.is_dir(), f"directory '{out.parent}' of output '{out}' does not exist")
 
 
 def _fill(folder: Path, summary: dict[str, Any], figures: dict[str, tuple[Any, str]]) -> None:
