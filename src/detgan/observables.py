@@ -113,7 +113,7 @@ def footprint_observables(
             "hottest_signal": flat.max(1),
             "lateral_spread": np.where(total > 0, spread, np.nan),
         }
-    rings = lateral_profile(f, N_RINGS, layout=layout)
+    rings = _lateral_profile(flat, pos, N_RINGS)
     out.update({f"ring_{k}": rings[:, k] for k in range(1, N_RINGS)})
     return out
 
@@ -128,8 +128,11 @@ def lateral_profile(
     2-spacing neighbours); NaN where the grid has no such station.
     """
     f = _check_events(footprint, 3, "footprint")
-    flat = f.reshape(f.shape[0], -1)
-    pos = station_grid(f.shape[1], layout)
+    return _lateral_profile(f.reshape(f.shape[0], -1), station_grid(f.shape[1], layout), n_rings)
+
+
+def _lateral_profile(flat: np.ndarray, pos: np.ndarray, n_rings: int) -> np.ndarray:
+    """:func:`lateral_profile` of checked, flattened footprints (N, K) at positions (K, 2)."""
     ring = np.rint(np.linalg.norm(pos[:, None] - pos[None], axis=-1) + 1e-9)[flat.argmax(1)]
     out = np.full((len(flat), n_rings), np.nan)
     for k in range(n_rings):
