@@ -18,6 +18,7 @@ from detgan.studies.calo import (
     CALO_PRESETS,
     _fit_boxcox,
     calo_preset,
+    draw_conditions,
     draw_response,
     generate_calo,
     is_calo_run,
@@ -101,7 +102,11 @@ def test_threshold_fakes_shows_the_critic_thresholded_showers(kind, data, tmp_pa
     the real cells), and every generator parameter still gets a gradient."""
     from detgan.studies import calo as study
 
-    fractions = {"condition_response": False, "critic_mev_scale": 0.0}  # one label, fractions
+    fractions = {
+        "condition_response": False,
+        "condition_layers": False,
+        "critic_mev_scale": 0.0,
+    }  # one label, fractions
     setup = _setup(kind, threshold_fakes=True, **(fractions if kind == "calochallenge" else {}))
     showers, cells, cond = study._load_training(data / FILES[kind], setup, 0)
     models = build_calo_models(kind, setup.model, study._layer_sizes(showers.layout))
@@ -173,6 +178,30 @@ def test_calochallenge_condition_response_shares_the_drawn_total(data, tmp_path)
     assert (total <= max(table["response"]) * (1 + 1e-5)).all() and (total > 0).all()
     r = draw_response(table, e_inc, 0 + 7)  # the draw sample() makes; thresholds only remove
     assert (total <= r * (1 + 1e-5)).all()
+    flags = draw_conditions(table, e_inc, 0 + 7)[:, 2:]  # condition_layers: the same event's
+    layout = model.layout  # empty layers stay empty
+    layers = np.stack([cells[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+    assert flags.shape == layers.shape and (layers[flags == 0] == 0).all()
+
+
+def test_draw_conditions_take_response_and_empty_layers_from_one_event():
+    e_inc = np.full(100, 1024.0)
+    resp = np.linspace(0.5, 1.0, 100)
+    empty0 = resp < 0.75  # layer 0 empty exactly in the low-response events
+    cond = np.column_stack([e_inc, e_inc * resp, ~empty0, np.ones(100)])
+    got = draw_conditions(response_table(cond), np.full(2000, 1024.0), seed=3)
+    assert got.shape == (2000, 4) and set(np.unique(got[:, 2:])) <= {0.0, 1.0}
+    np.testing.assert_array_equal(got[:, 2] == 0, got[:, 1] / got[:, 0] < 0.75)
+    assert 0.45 < (got[:, 2] == 0).mean() < 0.55 and (got[:, 3] == 1).all()
+
+
+def test_lhcb_samples_keep_negative_conditions(data, tmp_path):
+    """Momenta and face points can be negative: sample() must not alter them."""
+    run = train_calo(_setup("lhcb-conv"), data / "lhcb.npz", tmp_path / "r", progress=False)
+    model = load_calo_model(run)
+    cond = np.tile([[-800.0, -300.0, 20000.0, -1000.0, -500.0]], (4, 1))
+    clipped = np.where(cond > 0, cond, 1.0)  # what an earlier sample() fed the generator
+    assert not np.allclose(model.sample(cond, seed=1), model.sample(clipped, seed=1))
 
 
 def test_resume_is_exact(data, tmp_path):

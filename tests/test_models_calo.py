@@ -174,6 +174,23 @@ def test_calochallenge_condition_response_shares_the_conditional_total():
     assert not torch.allclose(moved, frac)  # the E_tot column conditions the shares
 
 
+def test_calochallenge_condition_layers_leave_the_flagged_layers_empty():
+    """Layers flagged −1 in the label get no energy; the others share E_tot (rows sum to 1)."""
+    cfg = CaloChallengeModelConfig(
+        hidden=16, condition_response=True, condition_layers=True, critic_mev_scale=1.0
+    )
+    models = build_calo_models("calochallenge", cfg, CC_SIZES)
+    flags = torch.tensor([[1.0, -1.0, 1.0, 1.0, -1.0], [-1.0, 1.0, 1.0, 1.0, 1.0]])
+    y = torch.cat([torch.randn(2, 2), flags], 1)
+    frac = models["generator"](torch.randn(2, cfg.latent_dim), y)
+    layers = torch.stack([p.sum(1) for p in torch.split(frac, CC_SIZES, 1)], 1)
+    assert (layers[flags < 0] == 0).all() and (layers[flags > 0] > 0).all()
+    torch.testing.assert_close(frac.sum(1), torch.ones(2))
+    assert models["critic"](torch.log1p(frac), y).shape == (2,)  # the critic sees the flags
+    with pytest.raises(DetganError, match="condition_layers needs condition_response=true"):
+        CaloChallengeModelConfig(condition_layers=True)
+
+
 def test_calochallenge_critic_layer_fractions_are_the_layer_energies():
     """The critic's layer inputs are g(E_l/E_inc) and g(E_tot/E_inc), g(r) = log(1 + r/s)."""
     cfg = CaloChallengeModelConfig(hidden=8, critic_layer_fractions=True, frac_scale=1e-3)

@@ -103,7 +103,11 @@ class CaloChallengeModelConfig(Config):
     (log E_inc, log E_tot) and the generator shares E_tot exactly (softmax over the layers, then
     within each layer: rows sum to 1, as in [K]); E_tot is drawn at generation from the
     training events' responses E_tot/E_inc at the nearest E_inc (two stages, as in CaloFlow's
-    separate layer-energy model, arXiv:2106.05285)."""
+    separate layer-energy model, arXiv:2106.05285). ``condition_layers`` (with
+    ``condition_response``): the label also carries which layers have energy above E_min
+    (±1 per layer), drawn at generation from the same training event as E_tot; the generator
+    gives the empty layers no energy (their layer logits are masked), so the fraction of
+    showers with an empty layer is that of the training data at each E_inc."""
 
     latent_dim: int = 64
     hidden: int = 256
@@ -115,6 +119,7 @@ class CaloChallengeModelConfig(Config):
     total_response: bool = False
     critic_mev_scale: float = 0.0
     condition_response: bool = False
+    condition_layers: bool = False
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
@@ -125,6 +130,16 @@ class CaloChallengeModelConfig(Config):
         require(
             self.per_layer or not self.condition_response, "condition_response needs per_layer=true"
         )
+        require(
+            self.condition_response or not self.condition_layers,
+            "condition_layers needs condition_response=true",
+        )
+        require(0 <= self.leaky_slope < 1, "leaky_slope must lie in [0, 1)")
+
+    def label_width(self, n_layers: int) -> int:
+        """Label columns: (log E_inc), (log E_inc, log E_tot) with ``condition_response``,
+        plus one occupancy flag per layer with ``condition_layers``."""
+        return self.n_conditions + (n_layers if self.condition_layers else 0)
 
     @property
     def n_conditions(self) -> int:
@@ -136,7 +151,6 @@ class CaloChallengeModelConfig(Config):
         """s of the critic's input log(1 + v/s): MeV when ``critic_mev_scale`` > 0, else a
         fraction of E_inc."""
         return self.critic_mev_scale if self.critic_mev_scale > 0 else self.frac_scale
-        require(0 <= self.leaky_slope < 1, "leaky_slope must lie in [0, 1)")
 
 
 def mlp(n_in: int, hidden: int, depth: int, n_out: int, slope: float = 0.2) -> nn.Sequential:
@@ -308,8 +322,8 @@ class LHCbConvCritic(nn.Module):
 
 # ------------------------------------------------------------------------------ CaloChallenge
 class CaloChallengeGenerator(nn.Module):
-    """(z (N, L), y (N, C) standardised log E_inc [, log E_tot]) → voxel fractions (N, V) ≥ 0
-    of E_inc (of E_tot with ``condition_response``, rows then sum to 1).
+    """(z (N, L), y (N, C) standardised log E_inc [, log E_tot] [, ±1 per layer]) → voxel
+    fractions (N, V) ≥ 0 of E_inc (of E_tot with ``condition_response``, rows then sum to 1).
 
     Energy sharing in the spirit of [K]: with ``per_layer`` the trunk predicts each layer's
     fraction of E_inc, r_l = softplus(a_l), and a softmax within the layer shares it among its
@@ -324,11 +338,11 @@ class CaloChallengeGenerator(nn.Module):
         c = config
         self.noise_dim, self.layer_sizes = c.latent_dim, [int(n) for n in layer_sizes]
         self.per_layer, self.total_response = c.per_layer, c.total_response
-        self.shares_only = c.condition_response
+        self.shares_only, self.masked = c.condition_response, c.condition_layers
         n_cells = sum(self.layer_sizes)
         n_resp = len(self.layer_sizes) + int(c.total_response) if c.per_layer else 1
         n_resp -= int(c.condition_response and c.total_response)
-        n_in = c.latent_dim + c.n_conditions
+        n_in = c.latent_dim + c.label_width(len(self.layer_sizes))
         self.trunk = mlp(n_in, c.hidden, c.depth - 1, c.hidden, c.leaky_slope)
         self.act = nn.LeakyReLU(c.leaky_slope)
         self.logits = nn.Linear(c.hidden, n_cells)
@@ -338,6 +352,9 @@ class CaloChallengeGenerator(nn.Module):
         h = self.act(self.trunk(torch.cat([z, _as_2d(y)], 1)))
         logits, a = self.logits(h), self.response(h)
         if self.shares_only:  # fractions of the conditional E_tot: rows sum to 1
+            if self.masked:  # empty layers (flag −1 in the label's last columns) get nothing
+                empty = _as_2d(y)[:, -len(self.layer_sizes) :] < 0
+                a = a.masked_fill(empty, -1e9)
             resp = torch.softmax(a, 1)
         elif self.total_response:
             resp = F.softplus(a[:, :1]) * torch.softmax(a[:, 1:], 1)
@@ -361,7 +378,8 @@ class CaloChallengeCritic(nn.Module):
         c = config
         self.layer_sizes = [int(n) for n in layer_sizes]
         self.fractions, self.scale = bool(c.critic_layer_fractions), float(c.critic_scale)
-        n_in = sum(self.layer_sizes) + len(self.layer_sizes) + c.n_conditions + int(self.fractions)
+        n_layers = len(self.layer_sizes)
+        n_in = sum(self.layer_sizes) + n_layers + c.label_width(n_layers) + int(self.fractions)
         self.net = mlp(n_in, c.hidden, c.depth, 1, c.leaky_slope)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:

@@ -66,6 +66,7 @@ __all__ = [
     "straight_through_threshold",
     "response_table",
     "draw_response",
+    "draw_conditions",
     "PARAMETER_GRID",
     "run_parameter_study",
 ]
@@ -163,8 +164,14 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
     # training (straight-through), EMA generator: results.md, "Calorimeter WGANs"
     k_ours = dense(critic_log_scale=1e-3, critic_layer_sums=True)
     k_ours_data = k_data.replace(threshold_fakes=True)
-    # calochallenge quick/full: two stages (response drawn, E_tot shared), critic in MeV units
-    cc_ours = cc(condition_response=True, critic_mev_scale=1.0, critic_layer_fractions=True)
+    # calochallenge quick/full: two stages (response and empty layers drawn from a training
+    # event, E_tot shared among the other layers), critic in MeV units
+    cc_ours = cc(
+        condition_response=True,
+        condition_layers=True,
+        critic_mev_scale=1.0,
+        critic_layer_fractions=True,
+    )
     return {
         "dense": {  # [K]: 100 latent, 3 × 128, λ = 10, n_critic = 5, 1000 epochs
             "paper": CaloSetup("dense", dense(), _train(1, 128, 1e-4), k_data.replace(epochs=1000)),
@@ -281,16 +288,29 @@ def _fit_transforms(kind: str, cells: np.ndarray, cond: np.ndarray, data: CaloDa
         cell_t = Chain(_fit_boxcox(cells, data.boxcox_shift), Standardise(scalar=True))
         cell_t.parts[1].fit(cell_t.parts[0].forward(torch.from_numpy(cells.reshape(-1))))
         return {"cells": cell_t, "label": Standardise().fit(torch.from_numpy(cond))}
-    label = Standardise(scalar=cond.ndim == 1).fit(torch.from_numpy(np.log10(cond)))
+    energies = _energies(cond)
+    label = Standardise(scalar=energies.ndim == 1).fit(torch.from_numpy(np.log10(energies)))
     return {"label": label}
 
 
+def _energies(cond: np.ndarray) -> np.ndarray:
+    """The energy columns of raw dense/calochallenge conditions: E_tot, E_inc or (E_inc,
+    E_tot); the layer-occupancy flags of ``condition_layers`` (0/1) follow them."""
+    return cond if cond.ndim == 1 else cond[:, :2]
+
+
 def _label(kind: str, transforms: dict[str, Transform], cond: np.ndarray) -> Tensor:
-    """Network label (N, C) float32 from raw conditions."""
-    c = torch.as_tensor(cond, dtype=torch.float64)
-    if kind != "lhcb-conv":
-        c = torch.log10(c)
-    return transforms["label"].forward(c).float().reshape(len(cond), -1)
+    """Network label (N, C) float32 from raw conditions: LHCb conditions standardised,
+    otherwise standardised log10 energies (non-positive ones taken as 1 MeV) and ±1 flags."""
+    cond = np.asarray(cond, np.float64)
+    if kind == "lhcb-conv":
+        return transforms["label"].forward(torch.from_numpy(cond)).float().reshape(len(cond), -1)
+    e = _energies(cond)
+    c = torch.log10(torch.from_numpy(np.where(e > 0, e, 1.0)))
+    label = transforms["label"].forward(c).float().reshape(len(cond), -1)
+    if cond.ndim == 2 and cond.shape[1] > 2:
+        label = torch.cat([label, torch.from_numpy(2 * cond[:, 2:] - 1).float()], 1)
+    return label
 
 
 def _to_net(kind: str, setup: CaloSetup, transforms, cells: np.ndarray, cond: np.ndarray) -> Tensor:
@@ -312,33 +332,59 @@ def _conditions_response(setup: CaloSetup) -> bool:
 
 def _shared_energy(cond: np.ndarray) -> np.ndarray:
     """(N,) the energy the generator's fractions refer to: E_tot (dense), E_inc, or E_tot
-    (the last column) for calochallenge with ``condition_response``."""
-    return cond[:, -1] if cond.ndim == 2 else cond
+    (the second column) for calochallenge with ``condition_response``."""
+    return cond[:, 1] if cond.ndim == 2 else cond
 
 
-def response_table(cond: np.ndarray, limit: int = 20_000) -> dict[str, list[float]]:
-    """(log10 E_inc, E_tot/E_inc) of (an even subsample of) the training events, sorted by
-    E_inc: the response model that :func:`draw_response` samples."""
+def _occupancy(cells: np.ndarray, layout: Any) -> np.ndarray:
+    """(N, L) 1.0 where a (relevant) layer has energy, else 0.0."""
+    slices = [layout.layer_slice(k) for k in layout.relevant_layers]
+    return np.stack([cells[:, s].sum(1) > 0 for s in slices], 1).astype(np.float64)
+
+
+def response_table(cond: np.ndarray, limit: int = 20_000) -> dict[str, list]:
+    """(log10 E_inc, E_tot/E_inc[, layer-occupancy pattern]) of (an even subsample of) the
+    training events, sorted by E_inc: the model that :func:`draw_response` samples. Patterns
+    (columns 2… of ``cond``, 0/1) are kept as strings such as ``"10111"``."""
     cond = cond[:: max(1, len(cond) // limit)]
     order = np.argsort(cond[:, 0], kind="stable")
     log_e, resp = np.log10(cond[order, 0]), cond[order, 1] / cond[order, 0]
-    return {"log10_e_inc": log_e.tolist(), "response": resp.tolist()}
+    table: dict[str, list] = {"log10_e_inc": log_e.tolist(), "response": resp.tolist()}
+    if cond.shape[1] > 2:
+        table["layers"] = ["".join("01"[int(b)] for b in row) for row in cond[order, 2:]]
+    return table
 
 
-def draw_response(
-    table: dict[str, list[float]], e_inc: np.ndarray, seed: int, k: int = 32
-) -> np.ndarray:
-    """E_tot/E_inc (N,) drawn per event from the training events of the same E_inc (discrete
-    energies, as in CaloChallenge dataset 1) or else from the ``k`` training events nearest in
-    log E_inc (continuous energies)."""
-    log_e, resp = np.asarray(table["log10_e_inc"]), np.asarray(table["response"])
+def _draw_rows(table: dict[str, list], e_inc: np.ndarray, seed: int, k: int = 32) -> np.ndarray:
+    """Row indices of ``table`` drawn per event: a training event of the same E_inc (discrete
+    energies, as in CaloChallenge dataset 1) or else one of the ``k`` nearest in log E_inc."""
+    log_e = np.asarray(table["log10_e_inc"])
     q = np.log10(np.asarray(e_inc, np.float64))
     lo, hi = np.searchsorted(log_e, q, "left"), np.searchsorted(log_e, q, "right")
     k = min(k, len(log_e))
     near = np.clip(lo - k // 2, 0, len(log_e) - k)
     lo, width = np.where(hi > lo, lo, near), np.where(hi > lo, hi - lo, k)
     u = np.random.default_rng(seed).random(len(q))
-    return resp[lo + np.minimum((u * width).astype(np.int64), width - 1)]
+    return lo + np.minimum((u * width).astype(np.int64), width - 1)
+
+
+def draw_response(table: dict[str, list], e_inc: np.ndarray, seed: int, k: int = 32) -> np.ndarray:
+    """E_tot/E_inc (N,) drawn per event from the training events of the same E_inc or else
+    from the ``k`` training events nearest in log E_inc (continuous energies)."""
+    return np.asarray(table["response"])[_draw_rows(table, e_inc, seed, k)]
+
+
+def draw_conditions(table: dict[str, list], e_inc: np.ndarray, seed: int) -> np.ndarray:
+    """Stage 1 of ``condition_response``: (E_inc, E_tot[, occupancy flags]) per event, the
+    response and the pattern of empty layers taken from the same drawn training event."""
+    rows = _draw_rows(table, e_inc, seed)
+    cond = np.stack([e_inc, e_inc * np.asarray(table["response"])[rows]], 1)
+    if "layers" not in table:
+        return cond
+    patterns = np.asarray(table["layers"])[rows]
+    n_layers = len(table["layers"][0])
+    flags = np.frombuffer("".join(patterns).encode(), np.uint8).reshape(len(rows), n_layers)
+    return np.concatenate([cond, (flags == ord("1")).astype(np.float64)], 1)
 
 
 def _fake_to_net(kind: str, setup: CaloSetup) -> Any:
@@ -362,6 +408,8 @@ def _load_training(path: str | os.PathLike, setup: CaloSetup, max_events: int):
     if _conditions_response(setup):  # (E_inc, E_tot); events with nothing above E_min dropped
         cond = np.stack([cond, cells.sum(1)], 1)
         keep &= cond[:, 1] > 0
+        if setup.model.condition_layers:
+            cond = np.concatenate([cond, _occupancy(cells, layout)], 1)
     if kind == "dense":
         keep &= cond > 0
         if setup.data.max_total_energy > 0:
@@ -551,10 +599,9 @@ class CaloModel:
         cond = np.asarray(cond, np.float64)
         if _conditions_response(self.setup) and cond.ndim == 1:  # stage 1: E_tot given E_inc
             e_inc = np.where(cond > 0, cond, 1.0)
-            r = draw_response(self.extra["response_table"], e_inc, int(seed) + 7)
-            cond = np.stack([cond, e_inc * r], 1)
+            cond = draw_conditions(self.extra["response_table"], e_inc, int(seed) + 7)
         rng = torch.Generator().manual_seed(int(seed))
-        y = _label(self.kind, self.transforms, np.where(cond > 0, cond, 1.0))
+        y = _label(self.kind, self.transforms, cond)
         out = []
         with torch.no_grad():
             for start in range(0, len(y), batch_size):
