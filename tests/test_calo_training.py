@@ -163,6 +163,8 @@ def test_draw_response_takes_the_same_or_the_nearest_incident_energies():
     assert np.isin(np.round(between, 9), np.round(resp, 9)).all()
     assert ((between < 0.82) | (between >= 0.9)).all() and (between < 0.82).any()
     np.testing.assert_array_equal(draw_response(table, [5e6], seed=2, k=4) >= 1.0, [True])
+    older = {"log10_e_inc": table["log10_energy"], "response": table["response"]}  # session 2
+    np.testing.assert_array_equal(draw_response(older, e_inc, 4), draw_response(table, e_inc, 4))
 
 
 def test_calochallenge_condition_response_shares_the_drawn_total(data, tmp_path):
@@ -182,6 +184,21 @@ def test_calochallenge_condition_response_shares_the_drawn_total(data, tmp_path)
     layout = model.layout  # empty layers stay empty
     layers = np.stack([cells[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
     assert flags.shape == layers.shape and (layers[flags == 0] == 0).all()
+
+
+def test_dense_condition_layers_draw_empty_layers_by_cluster_energy(data, tmp_path):
+    setup = _setup("dense", condition_layers=True)
+    run = train_calo(setup, data / "atlas.h5", tmp_path / "run", progress=False)
+    model = load_calo_model(run)
+    table = model.extra["response_table"]
+    assert set(table) == {"log10_energy", "layers"} and len(table["layers"][0]) == 4
+    e_tot = np.full(30, 10.0 ** np.median(table["log10_energy"]))
+    cells = model.sample(e_tot, seed=2)
+    flags = draw_conditions(table, e_tot, 2 + 7)
+    layout = model.layout
+    layers = np.stack([cells[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+    assert flags.shape == (30, 5) and (layers[flags[:, 1:] == 0] == 0).all()
+    np.testing.assert_allclose(flags[:, 0], e_tot)
 
 
 def test_draw_conditions_take_response_and_empty_layers_from_one_event():

@@ -174,6 +174,19 @@ def test_calochallenge_condition_response_shares_the_conditional_total():
     assert not torch.allclose(moved, frac)  # the E_tot column conditions the shares
 
 
+def test_dense_condition_layers_leave_the_flagged_layers_empty():
+    sizes = (4, 6, 2)
+    cfg = DenseCaloConfig(latent_dim=4, hidden=8, condition_layers=True)
+    models = build_calo_models("dense", cfg, sizes)
+    flags = torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]])
+    y = torch.cat([torch.randn(2, 1), flags], 1)  # (log E_tot, flags)
+    frac = models["generator"](torch.randn(2, 4), y)
+    layers = torch.stack([p.sum(1) for p in torch.split(frac, sizes, 1)], 1)
+    assert (layers[flags < 0] == 0).all() and (layers[flags > 0] > 0).all()
+    torch.testing.assert_close(frac.sum(1), torch.ones(2))
+    assert models["critic"](frac, y).shape == (2,)
+
+
 def test_calochallenge_condition_layers_leave_the_flagged_layers_empty():
     """Layers flagged −1 in the label get no energy; the others share E_tot (rows sum to 1)."""
     cfg = CaloChallengeModelConfig(

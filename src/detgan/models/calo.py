@@ -55,6 +55,9 @@ class DenseCaloConfig(Config):
     carrying 10⁻³ of the energy (Presampler, Back) move its input as much as the core does;
     ``critic_layer_sums``: the critic also sees the per-layer sums of f (log-scaled likewise),
     so that the layer fractions need not be learnt from the cells.
+    ``condition_layers`` (not in [K]): the label also carries one ±1 flag per layer (the layer
+    has a cell above threshold or not); the generator gives the cells of flagged-empty layers no
+    energy. At generation the flags are drawn from a training event of similar E_tot.
     """
 
     latent_dim: int = 100
@@ -63,6 +66,7 @@ class DenseCaloConfig(Config):
     leaky_slope: float = 0.2
     critic_log_scale: float = 0.0
     critic_layer_sums: bool = False
+    condition_layers: bool = False
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
@@ -177,14 +181,33 @@ class DenseCaloGenerator(nn.Module):
     generation, as for the reference.
     """
 
-    def __init__(self, n_cells: int, config: DenseCaloConfig, n_conditions: int = 1) -> None:
+    def __init__(
+        self,
+        n_cells: int,
+        config: DenseCaloConfig,
+        n_conditions: int = 1,
+        layer_sizes: Sequence[int] = (),
+    ) -> None:
         super().__init__()
         self.noise_dim, self.n_cells = config.latent_dim, n_cells
         c = config
         self.net = mlp(c.latent_dim + n_conditions, c.hidden, c.depth, n_cells, c.leaky_slope)
+        self.n_flags = len(layer_sizes) if c.condition_layers else 0
+        require(
+            not self.n_flags or sum(layer_sizes) == n_cells,
+            f"condition_layers needs layer sizes summing to {n_cells} cells",
+        )
+        sizes = torch.tensor([int(n) for n in layer_sizes], dtype=torch.long)
+        layer = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+        self.register_buffer("layer_of_cell", layer, persistent=False)
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        return torch.softmax(self.net(torch.cat([z, _as_2d(y)], 1)), dim=1)
+        y = _as_2d(y)
+        logits = self.net(torch.cat([z, y], 1))
+        if self.n_flags:  # cells of layers flagged empty (−1) get no energy
+            empty = (y[:, -self.n_flags :] < 0)[:, self.layer_of_cell]
+            logits = logits.masked_fill(empty, -1e9)
+        return torch.softmax(logits, dim=1)
 
 
 class DenseCaloCritic(nn.Module):
@@ -415,8 +438,9 @@ def build_calo_models(
     model_config_class(kind)
     if kind == "dense":
         n = int(sum(layer_sizes))
-        critic = DenseCaloCritic(n, config, layer_sizes=layer_sizes)
-        return {"generator": DenseCaloGenerator(n, config), "critic": critic}
+        n_cond = 1 + (len(layer_sizes) if config.condition_layers else 0)
+        critic = DenseCaloCritic(n, config, n_cond, layer_sizes=layer_sizes)
+        return {"generator": DenseCaloGenerator(n, config, n_cond, layer_sizes), "critic": critic}
     if kind == "lhcb-conv":
         regressor = LHCbRegressor(config)
         return {

@@ -283,46 +283,62 @@ def _fit_boxcox(cells: np.ndarray, shift: float, limit: int = 20_000) -> BoxCox:
     return BoxCox(lam=max(0.0, float(fitted.lam)), shift=shift)
 
 
-def _fit_transforms(kind: str, cells: np.ndarray, cond: np.ndarray, data: CaloDataConfig):
+def _fit_transforms(kind: str, cells: np.ndarray, cond: np.ndarray, setup: CaloSetup):
     if kind == "lhcb-conv":
-        cell_t = Chain(_fit_boxcox(cells, data.boxcox_shift), Standardise(scalar=True))
+        cell_t = Chain(_fit_boxcox(cells, setup.data.boxcox_shift), Standardise(scalar=True))
         cell_t.parts[1].fit(cell_t.parts[0].forward(torch.from_numpy(cells.reshape(-1))))
         return {"cells": cell_t, "label": Standardise().fit(torch.from_numpy(cond))}
-    energies = _energies(cond)
+    energies = _energies(cond, _n_energies(setup))
     label = Standardise(scalar=energies.ndim == 1).fit(torch.from_numpy(np.log10(energies)))
     return {"label": label}
 
 
-def _energies(cond: np.ndarray) -> np.ndarray:
-    """The energy columns of raw dense/calochallenge conditions: E_tot, E_inc or (E_inc,
-    E_tot); the layer-occupancy flags of ``condition_layers`` (0/1) follow them."""
-    return cond if cond.ndim == 1 else cond[:, :2]
+# Raw conditions of dense/calochallenge runs: the energy E_tot (dense) or E_inc, (N,); with
+# ``condition_response`` the columns (E_inc, E_tot); with ``condition_layers`` one 0/1
+# occupancy flag per layer follows the energy column(s). lhcb-conv: the 5 LHCb conditions.
+def _n_energies(setup: CaloSetup) -> int:
+    """Energy columns of the raw conditions: 2 with ``condition_response``, else 1."""
+    return 2 if _conditions_response(setup) else 1
 
 
-def _label(kind: str, transforms: dict[str, Transform], cond: np.ndarray) -> Tensor:
+def _energies(cond: np.ndarray, n_energies: int) -> np.ndarray:
+    """The energy column(s) of raw conditions: (N,) for one, (N, 2) for (E_inc, E_tot)."""
+    if cond.ndim == 1:
+        return cond
+    return cond[:, 0] if n_energies == 1 else cond[:, :n_energies]
+
+
+def _shared_energy(cond: np.ndarray, n_energies: int) -> np.ndarray:
+    """(N,) the energy the generator's fractions refer to: the last energy column (E_tot for
+    dense and for calochallenge with ``condition_response``, else E_inc)."""
+    return cond if cond.ndim == 1 else cond[:, n_energies - 1]
+
+
+def _label(kind: str, transforms: dict[str, Transform], cond: np.ndarray, n_energies: int = 1):
     """Network label (N, C) float32 from raw conditions: LHCb conditions standardised,
     otherwise standardised log10 energies (non-positive ones taken as 1 MeV) and ±1 flags."""
     cond = np.asarray(cond, np.float64)
     if kind == "lhcb-conv":
         return transforms["label"].forward(torch.from_numpy(cond)).float().reshape(len(cond), -1)
-    e = _energies(cond)
+    e = _energies(cond, n_energies)
     c = torch.log10(torch.from_numpy(np.where(e > 0, e, 1.0)))
     label = transforms["label"].forward(c).float().reshape(len(cond), -1)
-    if cond.ndim == 2 and cond.shape[1] > 2:
-        label = torch.cat([label, torch.from_numpy(2 * cond[:, 2:] - 1).float()], 1)
+    if cond.ndim == 2 and cond.shape[1] > n_energies:
+        flags = torch.from_numpy(2 * cond[:, n_energies:] - 1).float()
+        label = torch.cat([label, flags], 1)
     return label
 
 
 def _to_net(kind: str, setup: CaloSetup, transforms, cells: np.ndarray, cond: np.ndarray) -> Tensor:
     """Real events in network units: fractions (dense), images (lhcb), log fractions (cc)."""
-    if kind == "dense":
-        return torch.from_numpy(cells / cond[:, None]).float()
     if kind == "lhcb-conv":
         return transforms["cells"].forward(torch.from_numpy(cells)).float().reshape(-1, 30, 30)
+    frac = torch.from_numpy(cells / _shared_energy(cond, _n_energies(setup))[:, None]).float()
+    if kind == "dense":
+        return frac
     m = setup.model
     if m.critic_mev_scale > 0:
         return torch.log1p(torch.from_numpy(cells / m.critic_mev_scale).float())
-    frac = torch.from_numpy(cells / _shared_energy(cond)[:, None]).float()
     return torch.log1p(frac / m.frac_scale)
 
 
@@ -330,10 +346,9 @@ def _conditions_response(setup: CaloSetup) -> bool:
     return setup.model_kind == "calochallenge" and bool(setup.model.condition_response)
 
 
-def _shared_energy(cond: np.ndarray) -> np.ndarray:
-    """(N,) the energy the generator's fractions refer to: E_tot (dense), E_inc, or E_tot
-    (the second column) for calochallenge with ``condition_response``."""
-    return cond[:, 1] if cond.ndim == 2 else cond
+def _draws_conditions(setup: CaloSetup) -> bool:
+    """True when generation draws E_tot and/or the empty layers from the training events."""
+    return _conditions_response(setup) or bool(getattr(setup.model, "condition_layers", False))
 
 
 def _occupancy(cells: np.ndarray, layout: Any) -> np.ndarray:
@@ -342,23 +357,26 @@ def _occupancy(cells: np.ndarray, layout: Any) -> np.ndarray:
     return np.stack([cells[:, s].sum(1) > 0 for s in slices], 1).astype(np.float64)
 
 
-def response_table(cond: np.ndarray, limit: int = 20_000) -> dict[str, list]:
-    """(log10 E_inc, E_tot/E_inc[, layer-occupancy pattern]) of (an even subsample of) the
-    training events, sorted by E_inc: the model that :func:`draw_response` samples. Patterns
-    (columns 2… of ``cond``, 0/1) are kept as strings such as ``"10111"``."""
+def response_table(cond: np.ndarray, n_energies: int = 2, limit: int = 20_000) -> dict[str, list]:
+    """The stage-1 model that :func:`draw_conditions` samples: per training event (an even
+    subsample of ≤ ``limit``), sorted by the conditioning energy E (E_inc, or E_tot for dense),
+    log10 E, the response E_tot/E_inc (``n_energies`` 2) and the layer-occupancy pattern (0/1
+    columns after the energies) as a string such as ``"10111"``."""
     cond = cond[:: max(1, len(cond) // limit)]
     order = np.argsort(cond[:, 0], kind="stable")
-    log_e, resp = np.log10(cond[order, 0]), cond[order, 1] / cond[order, 0]
-    table: dict[str, list] = {"log10_e_inc": log_e.tolist(), "response": resp.tolist()}
-    if cond.shape[1] > 2:
-        table["layers"] = ["".join("01"[int(b)] for b in row) for row in cond[order, 2:]]
+    cond = cond[order]
+    table: dict[str, list] = {"log10_energy": np.log10(cond[:, 0]).tolist()}
+    if n_energies == 2:
+        table["response"] = (cond[:, 1] / cond[:, 0]).tolist()
+    if cond.shape[1] > n_energies:
+        table["layers"] = ["".join("01"[int(b)] for b in row) for row in cond[:, n_energies:]]
     return table
 
 
 def _draw_rows(table: dict[str, list], e_inc: np.ndarray, seed: int, k: int = 32) -> np.ndarray:
     """Row indices of ``table`` drawn per event: a training event of the same E_inc (discrete
     energies, as in CaloChallenge dataset 1) or else one of the ``k`` nearest in log E_inc."""
-    log_e = np.asarray(table["log10_e_inc"])
+    log_e = np.asarray(table.get("log10_energy", table.get("log10_e_inc")))
     q = np.log10(np.asarray(e_inc, np.float64))
     lo, hi = np.searchsorted(log_e, q, "left"), np.searchsorted(log_e, q, "right")
     k = min(k, len(log_e))
@@ -374,17 +392,21 @@ def draw_response(table: dict[str, list], e_inc: np.ndarray, seed: int, k: int =
     return np.asarray(table["response"])[_draw_rows(table, e_inc, seed, k)]
 
 
-def draw_conditions(table: dict[str, list], e_inc: np.ndarray, seed: int) -> np.ndarray:
-    """Stage 1 of ``condition_response``: (E_inc, E_tot[, occupancy flags]) per event, the
-    response and the pattern of empty layers taken from the same drawn training event."""
-    rows = _draw_rows(table, e_inc, seed)
-    cond = np.stack([e_inc, e_inc * np.asarray(table["response"])[rows]], 1)
-    if "layers" not in table:
-        return cond
-    patterns = np.asarray(table["layers"])[rows]
-    n_layers = len(table["layers"][0])
-    flags = np.frombuffer("".join(patterns).encode(), np.uint8).reshape(len(rows), n_layers)
-    return np.concatenate([cond, (flags == ord("1")).astype(np.float64)], 1)
+def draw_conditions(table: dict[str, list], energy: np.ndarray, seed: int) -> np.ndarray:
+    """Stage 1 of ``condition_response`` / ``condition_layers``: raw conditions (E[, E_tot]
+    [, occupancy flags]) per event for energies E (N,), the response and the pattern of empty
+    layers taken from one drawn training event."""
+    energy = np.asarray(energy, np.float64)
+    rows = _draw_rows(table, energy, seed)
+    cols = [energy[:, None]]
+    if "response" in table:
+        cols.append((energy * np.asarray(table["response"])[rows])[:, None])
+    if "layers" in table:
+        patterns = np.asarray(table["layers"])[rows]
+        n_layers = len(table["layers"][0])
+        flags = np.frombuffer("".join(patterns).encode(), np.uint8).reshape(len(rows), n_layers)
+        cols.append((flags == ord("1")).astype(np.float64))
+    return np.concatenate(cols, 1)
 
 
 def _fake_to_net(kind: str, setup: CaloSetup) -> Any:
@@ -405,15 +427,17 @@ def _load_training(path: str | os.PathLike, setup: CaloSetup, max_events: int):
     cells = _threshold(np.asarray(showers.cells, np.float64), thresholds)
     cond = _condition(kind, showers, thresholds)
     keep = np.ones(len(cells), bool)
-    if _conditions_response(setup):  # (E_inc, E_tot); events with nothing above E_min dropped
-        cond = np.stack([cond, cells.sum(1)], 1)
-        keep &= cond[:, 1] > 0
+    if kind != "lhcb-conv":
+        cols = [cond[:, None]]
+        if _conditions_response(setup):  # (E_inc, E_tot)
+            cols.append(cells.sum(1)[:, None])
         if setup.model.condition_layers:
-            cond = np.concatenate([cond, _occupancy(cells, layout)], 1)
-    if kind == "dense":
-        keep &= cond > 0
-        if setup.data.max_total_energy > 0:
-            keep &= cond <= setup.data.max_total_energy
+            cols.append(_occupancy(cells, layout))
+        cond = np.concatenate(cols, 1) if len(cols) > 1 else cond
+        shared = _shared_energy(cond, _n_energies(setup))
+        keep &= shared > 0  # events with nothing above threshold are dropped
+        if kind == "dense" and setup.data.max_total_energy > 0:
+            keep &= shared <= setup.data.max_total_energy
     require(keep.sum() >= 2, f"'{path}' has fewer than 2 usable events for the {kind} model")
     return showers, cells[keep], cond[keep]
 
@@ -533,10 +557,13 @@ def train_calo(
     if state is not None:
         transforms = {k: transform_from_state(v) for k, v in state["extra"]["transforms"].items()}
     else:
-        transforms = _fit_transforms(kind, cells, cond, setup.data)
+        transforms = _fit_transforms(kind, cells, cond, setup)
+    n_e = _n_energies(setup)
     x = _to_net(kind, setup, transforms, cells, cond).to(dev)
-    y = _label(kind, transforms, cond).to(dev)
-    energy = torch.from_numpy(_shared_energy(cond)).float().to(dev) if kind != "lhcb-conv" else None
+    y = _label(kind, transforms, cond, n_e).to(dev)
+    energy = None
+    if kind != "lhcb-conv":
+        energy = torch.from_numpy(_shared_energy(cond, n_e)).float().to(dev)
     thresholds = torch.from_numpy(_cell_thresholds(showers.layout)).float().to(dev)
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
@@ -548,7 +575,7 @@ def train_calo(
         "format": detect_format(data_path),
         "n_read": len(showers),
         "n_train": len(cells),
-        **({"response_table": response_table(cond)} if _conditions_response(setup) else {}),
+        **({"response_table": response_table(cond, n_e)} if _draws_conditions(setup) else {}),
         "data_path": str(Path(data_path).resolve()),
         "package_version": __version__,
     }
@@ -597,11 +624,12 @@ class CaloModel:
         """Showers (N, V) MeV, thresholded like the reference, for raw conditions ``cond``:
         E_tot (N,) MeV (dense), (N, 5) = p (MeV), point (mm) (lhcb-conv), E_inc (N,) MeV."""
         cond = np.asarray(cond, np.float64)
-        if _conditions_response(self.setup) and cond.ndim == 1:  # stage 1: E_tot given E_inc
-            e_inc = np.where(cond > 0, cond, 1.0)
-            cond = draw_conditions(self.extra["response_table"], e_inc, int(seed) + 7)
+        n_e = _n_energies(self.setup)
+        if _draws_conditions(self.setup) and cond.ndim == 1:  # stage 1: E_tot, empty layers
+            energy = np.where(cond > 0, cond, 1.0)
+            cond = draw_conditions(self.extra["response_table"], energy, int(seed) + 7)
         rng = torch.Generator().manual_seed(int(seed))
-        y = _label(self.kind, self.transforms, cond)
+        y = _label(self.kind, self.transforms, cond, n_e)
         out = []
         with torch.no_grad():
             for start in range(0, len(y), batch_size):
@@ -612,7 +640,8 @@ class CaloModel:
         if self.kind == "lhcb-conv":
             cells = self.transforms["cells"].inverse(raw.reshape(len(raw), -1)).clamp_min(0)
         else:
-            cells = raw * torch.from_numpy(np.clip(_shared_energy(cond), 0, None))[:, None]
+            shared = np.clip(_shared_energy(cond, n_e), 0, None)
+            cells = raw * torch.from_numpy(shared)[:, None]
         return _threshold(cells.numpy(), _cell_thresholds(self.layout))
 
 
