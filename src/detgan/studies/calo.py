@@ -373,11 +373,12 @@ def response_table(cond: np.ndarray, n_energies: int = 2, limit: int = 20_000) -
     return table
 
 
-def _draw_rows(table: dict[str, list], e_inc: np.ndarray, seed: int, k: int = 32) -> np.ndarray:
-    """Row indices of ``table`` drawn per event: a training event of the same E_inc (discrete
-    energies, as in CaloChallenge dataset 1) or else one of the ``k`` nearest in log E_inc."""
+def _draw_rows(table: dict[str, list], energy: np.ndarray, seed: int, k: int = 32) -> np.ndarray:
+    """Row indices of ``table`` drawn per event: a training event of the same energy (discrete
+    energies, as in CaloChallenge dataset 1) or else one of the ``k`` nearest in log energy.
+    (Tables written before session 3 name the energies ``log10_e_inc``.)"""
     log_e = np.asarray(table.get("log10_energy", table.get("log10_e_inc")))
-    q = np.log10(np.asarray(e_inc, np.float64))
+    q = np.log10(np.asarray(energy, np.float64))
     lo, hi = np.searchsorted(log_e, q, "left"), np.searchsorted(log_e, q, "right")
     k = min(k, len(log_e))
     near = np.clip(lo - k // 2, 0, len(log_e) - k)
