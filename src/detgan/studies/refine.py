@@ -12,7 +12,7 @@ Functions for scripts and the CLI::
 
 The energy-reconstruction study that proves the refiner (``run_refine_study``, the regressor,
 ``energy_performance``) lives in :mod:`detgan.studies.refine_study`, its figures and page in
-:mod:`detgan.studies.refine_report`; the names once defined here stay importable from here.
+:mod:`detgan.studies.refine_report`.
 """
 
 from __future__ import annotations
