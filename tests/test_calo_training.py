@@ -18,10 +18,12 @@ from detgan.studies.calo import (
     CALO_PRESETS,
     _fit_boxcox,
     calo_preset,
+    conditions_from_spec,
     draw_conditions,
     draw_response,
     generate_calo,
     is_calo_run,
+    lhcb_totals,
     load_calo_model,
     response_table,
     run_calo_study,
@@ -221,11 +223,65 @@ def test_lhcb_samples_keep_negative_conditions(data, tmp_path):
     assert not np.allclose(model.sample(cond, seed=1), model.sample(clipped, seed=1))
 
 
-def test_resume_is_exact(data, tmp_path):
-    setup = _setup("dense", iterations=6)
-    straight = train_calo(setup, data / "atlas.h5", tmp_path / "a", progress=False)
-    part = train_calo(setup, data / "atlas.h5", tmp_path / "b", progress=False, until=2)
-    train_calo(setup, data / "atlas.h5", part, resume=True, progress=False)
+def test_lhcb_energy_sharing_shares_the_drawn_total_above_the_threshold(data, tmp_path):
+    """Two stages: E_tot = |p| · r, r from a training event of similar |p|; the WGAN shares
+    E_tot over the 900 cells; cells below the threshold derived from the data are zeroed."""
+    setup = _setup("lhcb-conv", energy_sharing=True, threshold_fakes=True)
+    run = train_calo(setup, data / "lhcb.npz", tmp_path / "run", progress=False)
+    model = load_calo_model(run)
+    ref = load_showers(data / "lhcb.npz")
+    nonzero = ref.cells[ref.cells > 0]
+    thr = model.extra["cell_threshold"]
+    assert nonzero.min() <= thr <= np.quantile(nonzero, 0.01)
+    cond = conditions_from_spec(model, str(data / "lhcb.npz"), 40)[0]
+    cells = model.sample(cond, seed=3)
+    e_tot = lhcb_totals(model.extra, cond, 3 + 7)  # the draw sample() makes
+    p = np.linalg.norm(cond[:, :3], axis=1)
+    assert np.isin(
+        np.round(e_tot / p, 6), np.round(model.extra["response_table"]["response"], 6)
+    ).all()
+    assert ((cells == 0) | (cells >= thr)).all() and (cells.sum(1) > 0).any()
+    below = e_tot - cells.sum(1)  # what the threshold removed: < thr per zeroed cell
+    assert (below >= -1e-5 * e_tot).all()
+    assert (below <= (cells == 0).sum(1) * thr + 1e-5 * e_tot).all()
+
+
+def test_lhcb_energy_sharing_shows_the_critic_thresholded_mev_images(data, tmp_path):
+    """Fakes reach the critic as transforms["cells"](fractions × E_tot of the real event), the
+    cells below the threshold at the real empty-cell value, and still pass gradients."""
+    from detgan.studies import calo as study
+
+    setup = _setup("lhcb-conv", energy_sharing=True, threshold_fakes=True)
+    _, cells, cond = study._load_training(data / "lhcb.npz", setup, 0)
+    t = study._fit_transforms("lhcb-conv", cells, cond, setup)
+    x = study._to_net("lhcb-conv", setup, t, cells, cond)
+    y = study._label("lhcb-conv", t, cond)
+    e = torch.from_numpy(cells.sum(1)).float()
+    models = build_calo_models("lhcb-conv", setup.model)
+    thr = study.lhcb_stage1(cells, cond)["cell_threshold"]
+    problem = study._problem("lhcb-conv", setup, x, y, 8, e, torch.full((900,), thr), t)
+    rng = torch.Generator().manual_seed(0)
+    batch = problem.sample_real(16, rng)
+    assert set(batch) == {"x", "y", "e"}
+    fake, _ = problem.sample_fake(models["generator"], batch, rng)
+    assert fake.shape == (16, 30, 30)
+    mev = t["cells"].inverse(fake.detach().reshape(16, -1).double())
+    empty = t["cells"].forward(torch.zeros(1, dtype=torch.float64))
+    assert ((mev.abs() < 1e-2) | (mev >= thr * (1 - 1e-4))).all()
+    torch.testing.assert_close(fake.detach().min().double(), empty[0].float().double())
+    torch.testing.assert_close(mev.sum(1), batch["e"].double(), rtol=0.05, atol=900 * thr)
+    models["critic"](fake, batch["y"]).sum().backward()
+    assert all(p.grad is not None for p in models["generator"].parameters())
+
+
+@pytest.mark.parametrize(
+    "kind,extra", [("dense", {}), ("lhcb-conv", {"energy_sharing": True, "threshold_fakes": True})]
+)
+def test_resume_is_exact(kind, extra, data, tmp_path):
+    setup = _setup(kind, iterations=6, **extra)
+    straight = train_calo(setup, data / FILES[kind], tmp_path / "a", progress=False)
+    part = train_calo(setup, data / FILES[kind], tmp_path / "b", progress=False, until=2)
+    train_calo(setup, data / FILES[kind], part, resume=True, progress=False)
     wa, wb = (load_checkpoint(r)["models"]["generator"] for r in (straight, part))
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k

@@ -247,6 +247,19 @@ def test_embedded_regressor_stays_frozen_in_training():
     assert any(k.startswith("regressor.") for k in critic.state_dict())
 
 
+def test_lhcb_energy_sharing_gives_fractions_that_sum_to_one():
+    models = build_calo_models("lhcb-conv", SMALL_CONV.replace(energy_sharing=True))
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(6, 16, generator=g), torch.randn(6, 5, generator=g)
+    f = models["generator"](z, y)
+    assert f.shape == (6, 30, 30) and (f >= 0).all()
+    torch.testing.assert_close(f.sum((1, 2)), torch.ones(6))
+    models["critic"](torch.log1p(1e4 * f), y).sum().backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in models["generator"].parameters()
+    )
+
+
 def test_unknown_model_kind_is_a_one_line_error():
     with pytest.raises(DetganError, match="model 'conv' unknown; use one of dense, lhcb-conv"):
         model_config_class("conv")

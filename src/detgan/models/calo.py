@@ -78,11 +78,18 @@ class DenseCaloConfig(Config):
 @dataclasses.dataclass(frozen=True)
 class LHCbConvConfig(Config):
     """Convolutional WGAN of [C18]: ``latent_dim`` noise variables (paper 512); ``channels`` is
-    the width of the 4×4 stage (paper 256; the later stages halve it: 128, 64, 32)."""
+    the width of the 4×4 stage (paper 256; the later stages halve it: 128, 64, 32).
+
+    ``energy_sharing`` (not in [C18]; as the dense model of [K]): the generator's 30×30 map is
+    turned into fractions by a softmax over the 900 cells (rows sum to 1); the shower is
+    E_tot · fractions with E_tot = |p| · r, r = E_tot/|p| drawn from a training event of
+    similar |p| (two stages). The critic still sees Box-Cox + standardised MeV images.
+    """
 
     latent_dim: int = 512
     channels: int = 256
     leaky_slope: float = 0.2
+    energy_sharing: bool = False
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
@@ -250,16 +257,19 @@ class DenseCaloCritic(nn.Module):
 
 # ------------------------------------------------------------------------------------ [C18]
 class LHCbConvGenerator(nn.Module):
-    """Generator of [C18]: (z (N, L), y (N, 5)) → (N, 30, 30) image in network units.
+    """Generator of [C18]: (z (N, L), y (N, 5)) → (N, 30, 30) image in network units, or, with
+    ``energy_sharing``, fractions f ≥ 0 of E_tot with Σ f = 1 over the 900 cells.
 
     Dense([z, y]) → (c, 4, 4) → ConvT to (c/2, 8, 8), (c/4, 16, 16), (c/8, 32, 32), ReLU →
-    3×3 conv to one map (linear: the target is Box-Cox + standardised) → centre crop 30×30.
+    3×3 conv to one map (linear: the target is Box-Cox + standardised) → centre crop 30×30;
+    with ``energy_sharing`` f = softmax over the 900 cells of that map.
     """
 
     def __init__(self, config: LHCbConvConfig, n_conditions: int = LHCB_CONDITIONS) -> None:
         super().__init__()
         c = config.channels
         self.noise_dim, self.channels = config.latent_dim, c
+        self.energy_sharing = bool(config.energy_sharing)
         self.dense = nn.Linear(config.latent_dim + n_conditions, c * 16)
         ups: list[nn.Module] = []
         for k in range(3):
@@ -268,7 +278,10 @@ class LHCbConvGenerator(nn.Module):
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         h = F.relu(self.dense(torch.cat([z, _as_2d(y)], 1))).view(-1, self.channels, 4, 4)
-        return self.up(h)[:, 0, 1:31, 1:31]
+        out = self.up(h)[:, 0, 1:31, 1:31]
+        if self.energy_sharing:
+            return torch.softmax(out.reshape(len(out), -1), 1).view_as(out)
+        return out
 
 
 class _ConvEncoder(nn.Module):

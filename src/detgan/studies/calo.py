@@ -67,11 +67,16 @@ __all__ = [
     "response_table",
     "draw_response",
     "draw_conditions",
+    "lhcb_stage1",
+    "lhcb_totals",
     "PARAMETER_GRID",
     "run_parameter_study",
 ]
 
 CONFIG_NAME = "config.json"
+#: lhcb-conv ``energy_sharing``: the cell threshold is this quantile of the non-zero training
+#: cells (the readout cut of the reference files: smallest cell ≈ 1.76 MeV, 0.1 % ≈ 2.1 MeV)
+LHCB_THRESHOLD_QUANTILE = 1e-3
 ATLAS_THRESHOLDS = {"middle": 200.0, "strip": 60.0, "presampler": 120.0, "back": 200.0}
 
 
@@ -83,9 +88,9 @@ class CaloDataConfig(Config):
     (the L1 norm of a softmax is identically 1, so [K]'s L1 term is applied as this L½ term);
     ``regressor_steps``/``regressor_lr`` (lhcb-conv) pre-train the embedded regressor;
     ``boxcox_shift`` (MeV, lhcb-conv) is added before the Box-Cox transform;
-    ``threshold_fakes`` (dense, calochallenge): in training, generated cells below the cell
-    thresholds are zeroed before the critic sees them, as the real cells are, with a
-    straight-through gradient (the cells below still learn to rise)."""
+    ``threshold_fakes`` (dense, calochallenge, lhcb-conv with ``energy_sharing``): in training,
+    generated cells below the cell thresholds are zeroed before the critic sees them, as the
+    real cells are, with a straight-through gradient (the cells below still learn to rise)."""
 
     epochs: float = 0.0
     max_events: int = 0
@@ -346,6 +351,33 @@ def _conditions_response(setup: CaloSetup) -> bool:
     return setup.model_kind == "calochallenge" and bool(setup.model.condition_response)
 
 
+def _lhcb_shares(setup: CaloSetup) -> bool:
+    return setup.model_kind == "lhcb-conv" and bool(setup.model.energy_sharing)
+
+
+def _momentum(cond: np.ndarray) -> np.ndarray:
+    """(N,) |p| of raw LHCb conditions (N, 5), non-positive values taken as 1."""
+    p = np.linalg.norm(np.asarray(cond, np.float64)[:, :3], axis=1)
+    return np.where(p > 0, p, 1.0)
+
+
+def lhcb_stage1(cells: np.ndarray, cond: np.ndarray) -> dict[str, Any]:
+    """lhcb-conv ``energy_sharing`` stage 1, stored in the checkpoint's ``extra``: the table
+    of (|p|, E_tot/|p|) of the training events (:func:`response_table`, keyed on |p|) and
+    ``cell_threshold`` (MeV), the :data:`LHCB_THRESHOLD_QUANTILE` quantile of the non-zero
+    training cells, applied after generation (and with ``threshold_fakes`` in training)."""
+    nz = cells[cells > 0]
+    thr = float(np.quantile(nz, LHCB_THRESHOLD_QUANTILE)) if nz.size else 0.0
+    table = response_table(np.column_stack([_momentum(cond), cells.sum(1)]), 2)
+    return {"response_table": table, "cell_threshold": thr}
+
+
+def lhcb_totals(extra: dict[str, Any], cond: np.ndarray, seed: int) -> np.ndarray:
+    """(N,) E_tot = |p| · r for raw LHCb conditions (N, 5), r = E_tot/|p| of a training event
+    drawn among the 32 nearest in log |p| (:func:`draw_conditions`)."""
+    return draw_conditions(extra["response_table"], _momentum(cond), seed)[:, 1]
+
+
 def _draws_conditions(setup: CaloSetup) -> bool:
     """True when generation draws E_tot and/or the empty layers from the training events."""
     return _conditions_response(setup) or bool(getattr(setup.model, "condition_layers", False))
@@ -410,8 +442,13 @@ def draw_conditions(table: dict[str, list], energy: np.ndarray, seed: int) -> np
     return np.concatenate(cols, 1)
 
 
-def _fake_to_net(kind: str, setup: CaloSetup) -> Any:
+def _fake_to_net(kind: str, setup: CaloSetup, transforms: dict[str, Transform] | None) -> Any:
     """(generator output (N, V), energy E (N,)) → the critic's input, as :func:`_to_net`."""
+    if _lhcb_shares(setup):  # fractions × E_tot (MeV) → Box-Cox + standardised, differentiable
+        cell_t = transforms["cells"]
+        return lambda out, e: cell_t.forward(out.reshape(len(out), -1) * e[:, None]).view(
+            -1, 30, 30
+        )
     if kind == "calochallenge":
         m = setup.model
         if m.critic_mev_scale > 0:
@@ -439,6 +476,8 @@ def _load_training(path: str | os.PathLike, setup: CaloSetup, max_events: int):
         keep &= shared > 0  # events with nothing above threshold are dropped
         if kind == "dense" and setup.data.max_total_energy > 0:
             keep &= shared <= setup.data.max_total_energy
+    elif _lhcb_shares(setup):  # E_tot is shared: empty images have nothing to share
+        keep &= cells.sum(1) > 0
     require(keep.sum() >= 2, f"'{path}' has fewer than 2 usable events for the {kind} model")
     return showers, cells[keep], cond[keep]
 
@@ -470,11 +509,15 @@ def _problem(
     noise_dim: int,
     energy: Tensor | None = None,
     thresholds: Tensor | None = None,
+    transforms: dict[str, Transform] | None = None,
 ):
     """Real batches drawn with replacement; fakes carry the real batch's labels. Given
-    ``energy`` (N,), the batch also carries the energy E that the fractions refer to."""
-    to_net = _fake_to_net(kind, setup)
-    gate = setup.data.threshold_fakes and kind != "lhcb-conv"
+    ``energy`` (N,), the batch also carries the energy E that the fractions refer to (lhcb-conv
+    with ``energy_sharing``: the real event's E_tot; its ``transforms`` map fakes to network
+    units)."""
+    require(not _lhcb_shares(setup) or energy is not None, "energy_sharing needs E_tot")
+    to_net = _fake_to_net(kind, setup, transforms)
+    gate = setup.data.threshold_fakes and (kind != "lhcb-conv" or _lhcb_shares(setup))
     require(not gate or energy is not None, "threshold_fakes needs the events' energies")
 
     def sample_real(n: int, rng: torch.Generator) -> dict[str, Tensor]:
@@ -486,7 +529,7 @@ def _problem(
         z = torch.randn(len(batch["y"]), noise_dim, generator=rng).to(x.device)
         out = gen(z, batch["y"])
         if gate:
-            out = straight_through_threshold(out, batch["e"], thresholds)
+            out = straight_through_threshold(out.reshape(len(out), -1), batch["e"], thresholds)
         return to_net(out, batch.get("e")), batch["y"]
 
     extra = None
@@ -562,10 +605,14 @@ def train_calo(
     n_e = _n_energies(setup)
     x = _to_net(kind, setup, transforms, cells, cond).to(dev)
     y = _label(kind, transforms, cond, n_e).to(dev)
-    energy = None
+    energy, thr, stage1 = None, _cell_thresholds(showers.layout), {}
     if kind != "lhcb-conv":
         energy = torch.from_numpy(_shared_energy(cond, n_e)).float().to(dev)
-    thresholds = torch.from_numpy(_cell_thresholds(showers.layout)).float().to(dev)
+    elif _lhcb_shares(setup):
+        energy = torch.from_numpy(cells.sum(1)).float().to(dev)
+        stage1 = lhcb_stage1(cells, cond)
+        thr = np.full(cells.shape[1], stage1["cell_threshold"])
+    thresholds = torch.from_numpy(thr).float().to(dev)
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
         models = build_calo_models(kind, setup.model, _layer_sizes(showers.layout))
@@ -577,6 +624,7 @@ def train_calo(
         "n_read": len(showers),
         "n_train": len(cells),
         **({"response_table": response_table(cond, n_e)} if _draws_conditions(setup) else {}),
+        **stage1,
         "data_path": str(Path(data_path).resolve()),
         "package_version": __version__,
     }
@@ -588,7 +636,7 @@ def train_calo(
     noise_dim = models["generator"].noise_dim
     trainer = Trainer(
         {"generator": models["generator"], "critic": models["critic"]},
-        _problem(kind, setup, x, y, noise_dim, energy, thresholds),
+        _problem(kind, setup, x, y, noise_dim, energy, thresholds, transforms),
         setup.train,
         run_dir,
         config_json=setup.to_json(),
@@ -623,7 +671,9 @@ class CaloModel:
 
     def sample(self, cond: np.ndarray, seed: int = 0, batch_size: int = 4096) -> np.ndarray:
         """Showers (N, V) MeV, thresholded like the reference, for raw conditions ``cond``:
-        E_tot (N,) MeV (dense), (N, 5) = p (MeV), point (mm) (lhcb-conv), E_inc (N,) MeV."""
+        E_tot (N,) MeV (dense), (N, 5) = p, point (mm) (lhcb-conv), E_inc (N,) MeV.
+        lhcb-conv with ``energy_sharing``: fractions × E_tot (:func:`lhcb_totals`, seed + 7),
+        cells below ``extra["cell_threshold"]`` zeroed."""
         cond = np.asarray(cond, np.float64)
         n_e = _n_energies(self.setup)
         if _draws_conditions(self.setup) and cond.ndim == 1:  # stage 1: E_tot, empty layers
@@ -638,6 +688,10 @@ class CaloModel:
                 z = torch.randn(len(yb), self.generator.noise_dim, generator=rng)
                 out.append(self.generator(z.to(self.device), yb.to(self.device)).double().cpu())
         raw = torch.cat(out)
+        if _lhcb_shares(self.setup):
+            e_tot = lhcb_totals(self.extra, cond, int(seed) + 7)
+            cells = raw.reshape(len(raw), -1).numpy() * e_tot[:, None]
+            return np.where(cells < float(self.extra["cell_threshold"]), 0.0, cells)
         if self.kind == "lhcb-conv":
             cells = self.transforms["cells"].inverse(raw.reshape(len(raw), -1)).clamp_min(0)
         else:
