@@ -260,6 +260,20 @@ def test_lhcb_energy_sharing_gives_fractions_that_sum_to_one():
     )
 
 
+def test_lhcb_energy_sharing_prior_is_the_untrained_output():
+    gen = build_calo_models("lhcb-conv", SMALL_CONV.replace(energy_sharing=True))["generator"]
+    mean = torch.rand(30, 30)
+    mean[:10] = 0.0  # floored at 1e-6
+    mean /= mean.sum()
+    gen.set_prior(mean)
+    torch.nn.init.zeros_(gen.up[-1].weight)
+    torch.nn.init.zeros_(gen.up[-1].bias)
+    f = gen(torch.randn(3, 16), torch.randn(3, 5))
+    expected = mean.clamp_min(1e-6) / mean.clamp_min(1e-6).sum()
+    torch.testing.assert_close(f, expected.expand(3, 30, 30))
+    assert "log_prior" not in build_calo_models("lhcb-conv", SMALL_CONV)["generator"].state_dict()
+
+
 def test_unknown_model_kind_is_a_one_line_error():
     with pytest.raises(DetganError, match="model 'conv' unknown; use one of dense, lhcb-conv"):
         model_config_class("conv")

@@ -262,7 +262,8 @@ class LHCbConvGenerator(nn.Module):
 
     Dense([z, y]) → (c, 4, 4) → ConvT to (c/2, 8, 8), (c/4, 16, 16), (c/8, 32, 32), ReLU →
     3×3 conv to one map (linear: the target is Box-Cox + standardised) → centre crop 30×30;
-    with ``energy_sharing`` f = softmax over the 900 cells of that map.
+    with ``energy_sharing`` f = softmax(map + b) over the 900 cells, b a fixed (30, 30) buffer
+    (zero unless set by :meth:`set_prior`).
     """
 
     def __init__(self, config: LHCbConvConfig, n_conditions: int = LHCB_CONDITIONS) -> None:
@@ -275,12 +276,20 @@ class LHCbConvGenerator(nn.Module):
         for k in range(3):
             ups += [nn.ConvTranspose2d(c >> k, c >> (k + 1), 4, stride=2, padding=1), nn.ReLU()]
         self.up = nn.Sequential(*ups, nn.Conv2d(c >> 3, 1, 3, padding=1))
+        if self.energy_sharing:  # only here, so that older checkpoints still load
+            self.register_buffer("log_prior", torch.zeros(LHCB_SIDE, LHCB_SIDE))
+
+    def set_prior(self, mean_fractions: Tensor, floor: float = 1e-6) -> None:
+        """b = log(max(f̄, ``floor``)) from the mean training fractions f̄ (30, 30): the
+        untrained generator then gives the mean shower instead of E_tot/900 in every cell (a
+        flat image that the critic rejects for the first few hundred iterations)."""
+        self.log_prior.copy_(torch.log(mean_fractions.clamp_min(floor)).reshape_as(self.log_prior))
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         h = F.relu(self.dense(torch.cat([z, _as_2d(y)], 1))).view(-1, self.channels, 4, 4)
         out = self.up(h)[:, 0, 1:31, 1:31]
         if self.energy_sharing:
-            return torch.softmax(out.reshape(len(out), -1), 1).view_as(out)
+            return torch.softmax((out + self.log_prior).reshape(len(out), -1), 1).view_as(out)
         return out
 
 

@@ -616,6 +616,9 @@ def train_calo(
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
         models = build_calo_models(kind, setup.model, _layer_sizes(showers.layout))
+        if _lhcb_shares(setup):  # softmax logits start from the mean training shower
+            mean = (cells / cells.sum(1, keepdims=True)).mean(0)
+            models["generator"].set_prior(torch.from_numpy(mean).float())
     models = {k: m.to(dev) for k, m in models.items()}
     extra = {
         "transforms": {k: t.state_dict() for k, t in transforms.items()},
