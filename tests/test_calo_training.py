@@ -214,9 +214,11 @@ def test_draw_conditions_take_response_and_empty_layers_from_one_event():
     assert 0.45 < (got[:, 2] == 0).mean() < 0.55 and (got[:, 3] == 1).all()
 
 
-def test_lhcb_samples_keep_negative_conditions(data, tmp_path):
+@pytest.mark.parametrize("sharing", [False, True])
+def test_lhcb_samples_keep_negative_conditions(sharing, data, tmp_path):
     """Momenta and face points can be negative: sample() must not alter them."""
-    run = train_calo(_setup("lhcb-conv"), data / "lhcb.npz", tmp_path / "r", progress=False)
+    setup = _setup("lhcb-conv", energy_sharing=sharing, threshold_fakes=sharing)
+    run = train_calo(setup, data / "lhcb.npz", tmp_path / "r", progress=False)
     model = load_calo_model(run)
     cond = np.tile([[-800.0, -300.0, 20000.0, -1000.0, -500.0]], (4, 1))
     clipped = np.where(cond > 0, cond, 1.0)  # what an earlier sample() fed the generator

@@ -8,7 +8,9 @@ Three models of :mod:`detgan.models.calo` on the trainer of :mod:`detgan.train`:
   dropped from training (the paper: 300 GeV).
 - ``lhcb-conv`` [C18, arXiv:1812.01319] (§5): 30×30 images, Box-Cox + standardised; 5
   standardised conditions (p_x, p_y, p_z, x, y); a regressor pre-trained on the real images is
-  embedded, frozen, in the critic.
+  embedded, frozen, in the critic. With ``energy_sharing`` (not in [C18]): E_tot = |p| · r, r
+  drawn from training events of similar |p|, shared by a softmax over the 900 cells; a cell
+  threshold from the training data after generation.
 - ``calochallenge`` (arXiv:2410.21611): any CaloChallenge binning; condition standardised
   log10 E_inc; voxel fractions of E_inc by (per-layer) energy sharing; E_min after generation.
 
@@ -169,6 +171,8 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
     # training (straight-through), EMA generator: results.md, "Calorimeter WGANs"
     k_ours = dense(critic_log_scale=1e-3, critic_layer_sums=True)
     k_ours_data = k_data.replace(threshold_fakes=True)
+    # lhcb-conv quick/full (not in [C18]): E_tot = |p|·r drawn, shared by a softmax over the
+    # cells; thresholded fakes; EMA generator: docs/calo_models.md
     # calochallenge quick/full: two stages (response and empty layers drawn from a training
     # event, E_tot shared among the other layers), critic in MeV units
     cc_ours = cc(
@@ -194,11 +198,13 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
                 c_data.replace(epochs=3000, regressor_steps=3000),
             ),
             "full": CaloSetup(
-                "lhcb-conv", conv(channels=128, latent_dim=128), _train(1, 64, 2e-4),
-                c_data.replace(epochs=100, regressor_steps=2000),
+                "lhcb-conv", conv(channels=128, latent_dim=128, energy_sharing=True),
+                _train(1, 64, 2e-4, ema_decay=0.999),
+                c_data.replace(epochs=100, regressor_steps=2000, threshold_fakes=True),
             ),
             "quick": CaloSetup(
-                "lhcb-conv", conv(channels=32, latent_dim=64), _train(600, 64, 2e-4), c_data
+                "lhcb-conv", conv(channels=32, latent_dim=64, energy_sharing=True),
+                _train(1200, 64, 2e-4, ema_decay=0.999), c_data.replace(threshold_fakes=True),
             ),
         },
         "calochallenge": {  # no published reference: 'paper' is the largest of our designs
@@ -442,7 +448,9 @@ def draw_conditions(table: dict[str, list], energy: np.ndarray, seed: int) -> np
     return np.concatenate(cols, 1)
 
 
-def _fake_to_net(kind: str, setup: CaloSetup, transforms: dict[str, Transform] | None) -> Any:
+def _fake_to_net(
+    kind: str, setup: CaloSetup, transforms: dict[str, Transform] | None = None
+) -> Any:
     """(generator output (N, V), energy E (N,)) → the critic's input, as :func:`_to_net`."""
     if _lhcb_shares(setup):  # fractions × E_tot (MeV) → Box-Cox + standardised, differentiable
         cell_t = transforms["cells"]
