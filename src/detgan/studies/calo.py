@@ -344,13 +344,11 @@ def _to_net(kind: str, setup: CaloSetup, transforms, cells: np.ndarray, cond: np
     """Real events in network units: fractions (dense), images (lhcb), log fractions (cc)."""
     if kind == "lhcb-conv":
         return transforms["cells"].forward(torch.from_numpy(cells)).float().reshape(-1, 30, 30)
-    frac = torch.from_numpy(cells / _shared_energy(cond, _n_energies(setup))[:, None]).float()
-    if kind == "dense":
-        return frac
     m = setup.model
-    if m.critic_mev_scale > 0:
+    if kind == "calochallenge" and m.critic_mev_scale > 0:
         return torch.log1p(torch.from_numpy(cells / m.critic_mev_scale).float())
-    return torch.log1p(frac / m.frac_scale)
+    frac = torch.from_numpy(cells / _shared_energy(cond, _n_energies(setup))[:, None]).float()
+    return frac if kind == "dense" else torch.log1p(frac / m.frac_scale)
 
 
 def _conditions_response(setup: CaloSetup) -> bool:
