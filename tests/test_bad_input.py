@@ -408,6 +408,10 @@ def test_malformed_config_files_are_refused(workdir, content, suffix):
 
 # ------------------------------------------------------------------------- the command line
 
+#: Settings of a one-iteration footprint training on a tiny network.
+TINY_FOOTPRINT = ["--set", "iterations=1", "--set", "pretrain_steps=0", "--set", "hidden=16",
+                  "--set", "batch_size=4", "--set", "n_critic=1"]  # fmt: skip
+
 #: Commands that read a user file, with the file's place; {f} the damaged file, {o} an output.
 COMMANDS = {
     "inspect": ["inspect", "{f}"],
@@ -422,16 +426,7 @@ COMMANDS = {
         "--quiet",
         "--device",
         "cpu",
-        "--set",
-        "iterations=1",
-        "--set",
-        "pretrain_steps=0",
-        "--set",
-        "hidden=16",
-        "--set",
-        "batch_size=4",
-        "--set",
-        "n_critic=1",
+        *TINY_FOOTPRINT,
     ],
     "train-refiner": [
         "train",
@@ -503,16 +498,7 @@ def runs(workdir) -> dict[str, Path]:
             str(workdir / "data.h5"),
             "-o",
             str(workdir / "fprun"),
-            "--set",
-            "iterations=1",
-            "--set",
-            "pretrain_steps=0",
-            "--set",
-            "hidden=16",
-            "--set",
-            "batch_size=4",
-            "--set",
-            "n_critic=1",
+            *TINY_FOOTPRINT,
             *tiny,
         ]
     )
