@@ -217,7 +217,9 @@ def test_draw_conditions_take_response_and_empty_layers_from_one_event():
 @pytest.mark.parametrize("sharing", [False, True])
 def test_lhcb_samples_keep_negative_conditions(sharing, data, tmp_path):
     """Momenta and face points can be negative: sample() must not alter them."""
-    setup = _setup("lhcb-conv", energy_sharing=sharing, threshold_fakes=sharing)
+    setup = _setup(
+        "lhcb-conv", energy_sharing=sharing, aligned_prior=sharing, threshold_fakes=sharing
+    )
     run = train_calo(setup, data / "lhcb.npz", tmp_path / "r", progress=False)
     model = load_calo_model(run)
     cond = np.tile([[-800.0, -300.0, 20000.0, -1000.0, -500.0]], (4, 1))
@@ -229,8 +231,11 @@ def test_lhcb_energy_sharing_shares_the_drawn_total_above_the_threshold(data, tm
     """Two stages: E_tot = |p| · r, r from a training event of similar |p|; the WGAN shares
     E_tot over the 900 cells; cells below the threshold derived from the data are zeroed."""
     setup = _setup("lhcb-conv", energy_sharing=True, threshold_fakes=True)
+    assert setup.model.aligned_prior  # the quick preset's softmax start follows the track
     run = train_calo(setup, data / "lhcb.npz", tmp_path / "run", progress=False)
     model = load_calo_model(run)
+    gen = load_checkpoint(run)["models"]["generator"]
+    assert gen["aligned_log"].std() > 1 and gen["label_std"].min() > 0  # set from the data
     ref = load_showers(data / "lhcb.npz")
     nonzero = ref.cells[ref.cells > 0]
     thr = model.extra["cell_threshold"]

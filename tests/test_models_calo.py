@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,10 +12,14 @@ from detgan.models.calo import (
     DenseCaloConfig,
     DenseCaloCritic,
     LHCbConvConfig,
+    aligned_coordinates,
+    aligned_table,
     build_calo_models,
     model_config_class,
 )
+from detgan.observables_lhcb import lhcb_cluster_metrics
 from detgan.train import AdversarialProblem, TrainConfig, Trainer
+from detgan.transforms import Standardise
 from detgan.utils import DetganError
 
 ATLAS_SIZES = (21, 48, 6, 14)
@@ -274,6 +279,66 @@ def test_lhcb_energy_sharing_prior_is_the_untrained_output():
     assert "log_prior" not in build_calo_models("lhcb-conv", SMALL_CONV)["generator"].state_dict()
 
 
+def test_lhcb_aligned_coordinates_are_the_cluster_metrics_frame():
+    """(inclination, s, t) from the expected centre along and across the track, as the [C18]
+    cluster metrics define them: A_L and A_T computed from s and t agree with the metrics'."""
+    cond = torch.tensor(
+        [[0.0, 0.0, 1e3, 0.0, 0.0], [100.0, 0.0, 1e3, 20.0, -40.0], [0.0, -300.0, 1e3, 5.0, 9.0]],
+        dtype=torch.float64,
+    )
+    c = aligned_coordinates(cond, 20.0, 250.0)
+    assert c.shape == (3, 900, 3)
+    x = torch.arange(30, dtype=torch.float64).repeat_interleave(30) - 14.5  # flat a·30 + b
+    y = torch.arange(30, dtype=torch.float64).repeat(30) - 14.5
+    torch.testing.assert_close(c[0], torch.stack([torch.zeros(900), x, y], -1).double())
+    torch.testing.assert_close(c[1, :, 1:], torch.stack([x - 2.25, y + 2.0], -1))  # X = 1 + 1.25
+    torch.testing.assert_close(c[2, :, 1:], torch.stack([-(y + 3.3), x - 0.25], -1))  # u = -ŷ
+    torch.testing.assert_close(c[:, 0, 0], torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64))
+    e = torch.rand(3, 900, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    m = lhcb_cluster_metrics(e.numpy(), cond[:, 3:].numpy(), cond[:, :3].numpy(), pitch=20.0,
+                             z_sm=250.0)  # fmt: skip
+    for name, k in (("asym_long", 1), ("asym_trans", 2)):
+        mine = (torch.where(c[..., k] >= 0, e, -e).sum(1) / e.sum(1)).numpy()
+        np.testing.assert_allclose(mine, m[name], atol=1e-12)
+
+
+def test_lhcb_aligned_prior_puts_the_mean_shower_where_the_conditions_say():
+    """A toy training set of showers elongated along the track around the expected centre: the
+    untrained generator's output (zero last layer) is that shower for new conditions."""
+    g = torch.Generator().manual_seed(0)
+
+    def conditions(n):
+        p = torch.randn(n, 3, generator=g, dtype=torch.float64) * torch.tensor([300, 150, 0])
+        p[:, 2] = 1e3
+        point = (torch.rand(n, 2, generator=g, dtype=torch.float64) - 0.5) * 110
+        return torch.cat([p, point], 1)
+
+    def showers(cond):
+        c = aligned_coordinates(cond, 20.0, 250.0)
+        w = torch.exp(-0.5 * (c[..., 1] / 1.5) ** 2 - 0.5 * (c[..., 2] / 0.7) ** 2)
+        return w / w.sum(1, keepdim=True)
+
+    train = conditions(3000)
+    table, incl_max = aligned_table(showers(train), train, 20.0, 250.0)
+    assert table.shape == (8, 121, 121) and incl_max > 0
+    label = Standardise().fit(train)
+    gen = build_calo_models(
+        "lhcb-conv", SMALL_CONV.replace(energy_sharing=True, aligned_prior=True)
+    )["generator"]
+    gen.set_aligned_prior(table.float(), incl_max, 20.0, 250.0, label.mean, label.std)
+    torch.nn.init.zeros_(gen.up[-1].weight)
+    torch.nn.init.zeros_(gen.up[-1].bias)
+    new = conditions(20)
+    f = gen(torch.randn(20, 16), label.forward(new).float()).reshape(20, -1).double()
+    c = aligned_coordinates(new, 20.0, 250.0)
+    s_mean, t_mean = (f * c[..., 1]).sum(1), (f * c[..., 2]).sum(1)
+    assert s_mean.abs().max() < 0.1 and t_mean.abs().max() < 0.1
+    s_width = ((f * c[..., 1] ** 2).sum(1) - s_mean**2).sqrt()
+    t_width = ((f * c[..., 2] ** 2).sum(1) - t_mean**2).sqrt()
+    assert (s_width - 1.5).abs().max() < 0.1 and (t_width - 0.7).abs().max() < 0.1
+    assert (f - showers(new)).abs().sum(1).max() < 0.05  # L1 distance of the two showers
+
+
 def test_unknown_model_kind_is_a_one_line_error():
     with pytest.raises(DetganError, match="model 'conv' unknown; use one of dense, lhcb-conv"):
         model_config_class("conv")
@@ -282,6 +347,8 @@ def test_unknown_model_kind_is_a_one_line_error():
 def test_config_rejects_bad_values():
     with pytest.raises(DetganError, match="channels must be at least 8"):
         LHCbConvConfig(channels=4)
+    with pytest.raises(DetganError, match="aligned_prior needs energy_sharing"):
+        LHCbConvConfig(aligned_prior=True)
     with pytest.raises(DetganError, match="condition_response needs per_layer=true"):
         CaloChallengeModelConfig(per_layer=False, condition_response=True)
     with pytest.raises(DetganError, match="total_response needs per_layer=true"):

@@ -20,6 +20,8 @@ __all__ = [
     "LHCB_ALPHAS",
     "LHCB_LABELS",
     "N_SIDE",
+    "Z_SM_MM",
+    "lhcb_pitch_mm",
     "expected_centre",
     "relative_occupancy",
     "lhcb_cluster_metrics",
@@ -29,6 +31,8 @@ __all__ = [
 ]
 
 N_SIDE = 30
+#: Shower-maximum depth z_sm of the expected centre (§2.3 item 1) in mm.
+Z_SM_MM = 250.0
 #: The 50 relative thresholds α_k = 10^(−5 + 5k/49), k = 0 … 49 (§2.3 item 9).
 LHCB_ALPHAS = 10.0 ** (-5.0 + 5.0 * np.arange(50) / 49.0)
 
@@ -56,6 +60,11 @@ def _images(images: Any) -> np.ndarray:
             f"LHCb images have shape {x.shape}, expected (N, 30, 30), (N, 900) or (N, 30, 30, L)"
         )
     return x
+
+
+def lhcb_pitch_mm(meta: dict) -> float:
+    """Cell pitch (mm) of an LHCb file: ``meta['pitch_mm']``, else the LHCb ECAL's 20.2 mm."""
+    return float(meta.get("pitch_mm", 20.2))
 
 
 def expected_centre(
@@ -251,8 +260,8 @@ def lhcb_family(showers: Any, *, legacy: bool = False) -> Any:
     cells = np.asarray(showers.cells, np.float64)
     point_mm = np.asarray(showers.conditions["point"], np.float64)
     mom = np.asarray(showers.conditions["momentum"], np.float64)
-    pitch = float(showers.meta.get("pitch_mm", 20.2))
-    m = lhcb_cluster_metrics(cells, point_mm, mom, pitch=pitch, z_sm=250.0)
+    pitch = lhcb_pitch_mm(showers.meta)
+    m = lhcb_cluster_metrics(cells, point_mm, mom, pitch=pitch, z_sm=Z_SM_MM)
     if legacy:
         m.update(lhcb_cluster_metrics_legacy(cells, point_mm / 10.0, mom))
     feats = {k: m[k] for k in LHCB_LABELS}

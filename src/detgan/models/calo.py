@@ -32,6 +32,8 @@ __all__ = [
     "DenseCaloGenerator",
     "DenseCaloCritic",
     "LHCbConvGenerator",
+    "aligned_coordinates",
+    "aligned_table",
     "LHCbRegressor",
     "LHCbConvCritic",
     "CaloChallengeGenerator",
@@ -84,17 +86,28 @@ class LHCbConvConfig(Config):
     turned into fractions by a softmax over the 900 cells (rows sum to 1); the shower is
     E_tot · fractions with E_tot = |p| · r, r = E_tot/|p| drawn from a training event of
     similar |p| (two stages). The critic still sees Box-Cox + standardised MeV images.
+
+    ``aligned_prior`` (with ``energy_sharing``; not in [C18]): the softmax starts from the mean
+    training shower *seen from each event's expected centre along its direction* (a table over
+    inclination and the (s, t) frame of the cluster metrics, :func:`aligned_coordinates`)
+    instead of one mean image, so the untrained generator already puts the shower where the
+    conditions say and elongates it along the track; the network learns the fluctuations.
     """
 
     latent_dim: int = 512
     channels: int = 256
     leaky_slope: float = 0.2
     energy_sharing: bool = False
+    aligned_prior: bool = False
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
         require(self.channels >= 8, "channels must be at least 8 (it is halved three times)")
         require(0 <= self.leaky_slope < 1, "leaky_slope must lie in [0, 1)")
+        require(
+            self.energy_sharing or not self.aligned_prior,
+            "aligned_prior needs energy_sharing (it is the start of the softmax)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +269,71 @@ class DenseCaloCritic(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ [C18]
+#: ``aligned_prior`` table bins: inclination |p_xy|/p_z, s (along the track), t (across); the
+#: s and t bins are 0.25 cells wide over ±``ALIGNED_HALF`` cells.
+ALIGNED_BINS = (8, 121, 121)
+ALIGNED_HALF = 15.0
+_CELL_XY = torch.stack(
+    torch.meshgrid(torch.arange(LHCB_SIDE) - 14.5, torch.arange(LHCB_SIDE) - 14.5, indexing="ij"),
+    -1,
+).reshape(-1, 2)  # cell centres (900, 2) in cells, flat index a·30 + b, x = a − 14.5
+
+
+def aligned_coordinates(cond: Tensor, pitch: float | Tensor, z_sm: float | Tensor) -> Tensor:
+    """(N, 900, 3) (inclination, s, t) of every cell for raw LHCb conditions (N, 5) =
+    (p_x, p_y, p_z, x₀, y₀) with x₀, y₀, ``pitch`` and ``z_sm`` in one length unit: s, t (cells)
+    are the cell centre's coordinates along u = p_xy/|p_xy| (u = (1, 0) at normal incidence)
+    and across it, from the expected centre P = (x₀ + z_sm p_x/p_z, y₀ + z_sm p_y/p_z)/pitch,
+    as in :func:`detgan.observables_lhcb.lhcb_cluster_metrics`; inclination = |p_xy|/p_z."""
+    pxy, pz = cond[:, :2], cond[:, 2:3].clamp_min(1e-9)
+    centre = (cond[:, 3:5] + z_sm * pxy / pz) / pitch
+    norm = pxy.norm(dim=1, keepdim=True)
+    u = torch.where(norm > 0, pxy / norm.clamp_min(1e-30), pxy.new_tensor([1.0, 0.0]))
+    d = _CELL_XY.to(cond)[None] - centre[:, None]
+    s = (d * u[:, None]).sum(-1)
+    t = d[..., 1] * u[:, None, 0] - d[..., 0] * u[:, None, 1]
+    return torch.stack([(norm / pz).expand_as(s), s, t], -1)
+
+
+def _aligned_index(coords: Tensor, incl_max: float | Tensor) -> Tensor:
+    """Fractional (inclination, s, t) bin indices of :func:`aligned_coordinates` output: bin
+    centres at 0 … incl_max and −ALIGNED_HALF … +ALIGNED_HALF (``grid_sample``'s
+    ``align_corners=True`` convention)."""
+    unit = torch.cat([coords[..., :1] / incl_max, (coords[..., 1:] / ALIGNED_HALF + 1) / 2], -1)
+    return unit * (coords.new_tensor(ALIGNED_BINS) - 1)
+
+
+def aligned_table(
+    fractions: Tensor,
+    cond: Tensor,
+    pitch: float,
+    z_sm: float,
+    shrink: float = 4.0,
+    chunk: int = 1000,
+) -> tuple[Tensor, float]:
+    """The mean training fraction per (inclination, s, t) bin, shape :data:`ALIGNED_BINS`
+    (float64; cells beyond the table count in its edge bins), for fractions (N, 900) and raw
+    conditions (N, 5); and the inclination range, the 99 % quantile. Sparse bins (few events
+    at large inclination) are pulled towards the mean over all inclinations as if it had been
+    seen ``shrink`` more times (an empty bin takes that mean)."""
+    cond, fractions = cond.double(), fractions.double()
+    incl = cond[:, :2].norm(dim=1) / cond[:, 2].clamp_min(1e-9)
+    incl_max = float(torch.quantile(incl, 0.99)) if len(incl) else 0.0
+    incl_max = incl_max if incl_max > 0 else 1.0
+    sizes = torch.tensor(ALIGNED_BINS)
+    total = torch.zeros(int(sizes.prod()), dtype=torch.float64)
+    count = torch.zeros_like(total)
+    for i in range(0, len(cond), chunk):
+        k = _aligned_index(aligned_coordinates(cond[i : i + chunk], pitch, z_sm), incl_max)
+        k = torch.minimum(k.round().clamp_min(0).long(), sizes - 1)
+        flat = ((k[..., 0] * sizes[1] + k[..., 1]) * sizes[2] + k[..., 2]).reshape(-1)
+        total.index_add_(0, flat, fractions[i : i + chunk].reshape(-1))
+        count.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
+    total, count = total.view(ALIGNED_BINS), count.view(ALIGNED_BINS)
+    pooled = total.sum(0) / count.sum(0).clamp_min(1)  # all inclinations together
+    return (total + shrink * pooled) / (count + shrink), incl_max
+
+
 class LHCbConvGenerator(nn.Module):
     """Generator of [C18]: (z (N, L), y (N, 5)) → (N, 30, 30) image in network units, or, with
     ``energy_sharing``, fractions f ≥ 0 of E_tot with Σ f = 1 over the 900 cells.
@@ -278,6 +356,12 @@ class LHCbConvGenerator(nn.Module):
         self.up = nn.Sequential(*ups, nn.Conv2d(c >> 3, 1, 3, padding=1))
         if self.energy_sharing:  # only here, so that older checkpoints still load
             self.register_buffer("log_prior", torch.zeros(LHCB_SIDE, LHCB_SIDE))
+        self.aligned = bool(config.aligned_prior)
+        if self.aligned:  # log table; (pitch, z_sm, incl_max); label μ and σ of the 5 conditions
+            self.register_buffer("aligned_log", torch.zeros(1, 1, *ALIGNED_BINS))
+            self.register_buffer("aligned_geom", torch.ones(3))
+            self.register_buffer("label_mean", torch.zeros(n_conditions))
+            self.register_buffer("label_std", torch.ones(n_conditions))
 
     def set_prior(self, mean_fractions: Tensor, floor: float = 1e-6) -> None:
         """b = log(max(f̄, ``floor``)) from the mean training fractions f̄ (30, 30): the
@@ -285,11 +369,41 @@ class LHCbConvGenerator(nn.Module):
         flat image that the critic rejects for the first few hundred iterations)."""
         self.log_prior.copy_(torch.log(mean_fractions.clamp_min(floor)).reshape_as(self.log_prior))
 
+    def set_aligned_prior(
+        self,
+        table: Tensor,
+        incl_max: float,
+        pitch: float,
+        z_sm: float,
+        label_mean: Tensor,
+        label_std: Tensor,
+        floor: float = 1e-6,
+    ) -> None:
+        """``aligned_prior``: the log of :func:`aligned_table` (floored at ``floor``), its
+        geometry, and the label standardisation (the generator sees standardised conditions
+        and needs the raw ones to place the prior)."""
+        self.aligned_log.copy_(torch.log(table.clamp_min(floor)).reshape_as(self.aligned_log))
+        self.aligned_geom.copy_(torch.tensor([pitch, z_sm, incl_max]))
+        self.label_mean.copy_(label_mean.reshape(-1))
+        self.label_std.copy_(label_std.reshape(-1))
+
+    def _aligned_log_prior(self, y: Tensor) -> Tensor:
+        """(N, 30, 30) log prior of each event, interpolated in the aligned table."""
+        pitch, z_sm, incl_max = self.aligned_geom
+        coords = aligned_coordinates(y * self.label_std + self.label_mean, pitch, z_sm)
+        unit = _aligned_index(coords, incl_max) / (coords.new_tensor(ALIGNED_BINS) - 1)
+        grid = (2 * unit - 1).flip(-1).reshape(1, 1, len(y), -1, 3)  # grid order (W, H, D)
+        table = self.aligned_log.to(y.dtype)
+        out = F.grid_sample(table, grid, align_corners=True, padding_mode="border")
+        return out.view(len(y), LHCB_SIDE, LHCB_SIDE)
+
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        h = F.relu(self.dense(torch.cat([z, _as_2d(y)], 1))).view(-1, self.channels, 4, 4)
+        y = _as_2d(y)
+        h = F.relu(self.dense(torch.cat([z, y], 1))).view(-1, self.channels, 4, 4)
         out = self.up(h)[:, 0, 1:31, 1:31]
         if self.energy_sharing:
-            return torch.softmax((out + self.log_prior).reshape(len(out), -1), 1).view_as(out)
+            prior = self._aligned_log_prior(y) if self.aligned else self.log_prior
+            return torch.softmax((out + prior).reshape(len(out), -1), 1).view_as(out)
         return out
 
 
