@@ -98,6 +98,21 @@ def test_straight_through_threshold_zeroes_forward_and_passes_gradient():
     torch.testing.assert_close(frac.grad, torch.tensor([[1.0, 2.0, 3.0, 4.0]]))  # identity
 
 
+def test_keep_total_scales_the_cells_that_pass_back_to_the_shower_total():
+    from detgan.studies.calo import _threshold, rescaled_to
+
+    cells = np.array([[50.0, 30.0, 15.0, 5.0], [5.0, 5.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(_threshold(cells, 10.0), [[50, 30, 15, 0], [0, 0, 0, 0]])
+    kept = _threshold(cells, 10.0, keep_total=True)
+    np.testing.assert_allclose(kept, [[50 / 0.95, 30 / 0.95, 15 / 0.95, 0], [0, 0, 0, 0]])
+    frac = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.02, 0.02, 0.0, 0.0]], requires_grad=True)
+    gated = straight_through_threshold(frac, torch.tensor([100.0, 100.0]), torch.full((4,), 10.0))
+    out = rescaled_to(gated, frac.sum(1))
+    torch.testing.assert_close(out.detach(), torch.from_numpy(kept / 100).float())
+    out.sum().backward()
+    assert torch.isfinite(frac.grad).all() and frac.grad[0].abs().sum() > 0
+
+
 @pytest.mark.parametrize("kind", ["dense", "calochallenge"])
 def test_threshold_fakes_shows_the_critic_thresholded_showers(kind, data, tmp_path):
     """With ``threshold_fakes`` the critic sees no generated cell below its threshold (as for
@@ -251,6 +266,13 @@ def test_lhcb_energy_sharing_shares_the_drawn_total_above_the_threshold(data, tm
     below = e_tot - cells.sum(1)  # what the threshold removed: < thr per zeroed cell
     assert (below >= -1e-5 * e_tot).all()
     assert (below <= (cells == 0).sum(1) * thr + 1e-5 * e_tot).all()
+    kept = _setup("lhcb-conv", energy_sharing=True, threshold_fakes=True, keep_total=True)
+    model = load_calo_model(train_calo(kept, data / "lhcb.npz", tmp_path / "k", progress=False))
+    cells = model.sample(cond, seed=3)
+    assert ((cells == 0) | (cells >= thr)).all()
+    some = cells.sum(1) > 0
+    assert some.any()
+    np.testing.assert_allclose(cells.sum(1)[some], e_tot[some], rtol=1e-5)  # float32 softmax
 
 
 def test_lhcb_energy_sharing_shows_the_critic_thresholded_mev_images(data, tmp_path):

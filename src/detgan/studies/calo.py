@@ -93,7 +93,11 @@ class CaloDataConfig(Config):
     ``boxcox_shift`` (MeV, lhcb-conv) is added before the Box-Cox transform;
     ``threshold_fakes`` (dense, calochallenge, lhcb-conv with ``energy_sharing``): in training,
     generated cells below the cell thresholds are zeroed before the critic sees them, as the
-    real cells are, with a straight-through gradient (the cells below still learn to rise)."""
+    real cells are, with a straight-through gradient (the cells below still learn to rise);
+    ``keep_total`` (with thresholds applied to generated showers): the cells that pass are
+    scaled up so that the shower keeps the total it had before the threshold — the energy that
+    the conditions ask for (E_tot of the real files is the sum of the cells above threshold),
+    in training (with ``threshold_fakes``) and in generation."""
 
     epochs: float = 0.0
     max_events: int = 0
@@ -103,6 +107,7 @@ class CaloDataConfig(Config):
     regressor_lr: float = 1e-3
     boxcox_shift: float = 1.0
     threshold_fakes: bool = False
+    keep_total: bool = False
 
     def validate(self) -> None:
         require(self.epochs >= 0, "epochs must be >= 0 (0: use iterations)")
@@ -259,8 +264,14 @@ def _cell_thresholds(layout: Any) -> np.ndarray:
     return out
 
 
-def _threshold(cells: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    return np.where(cells < thresholds, 0.0, cells)
+def _threshold(cells: np.ndarray, thresholds: Any, keep_total: bool = False) -> np.ndarray:
+    """Cells (N, V) below ``thresholds`` (V,) or a scalar zeroed; ``keep_total``: the rest
+    scaled so that each row keeps its sum (rows with nothing left stay 0)."""
+    kept = np.where(cells < thresholds, 0.0, cells)
+    if not keep_total:
+        return kept
+    after = kept.sum(1, keepdims=True)
+    return kept * np.where(after > 0, cells.sum(1, keepdims=True) / np.where(after > 0, after, 1), 1)
 
 
 def _layer_sizes(layout: Any) -> list[int]:
@@ -523,6 +534,15 @@ def straight_through_threshold(frac: Tensor, energy: Tensor, thresholds: Tensor)
     return frac + (frac * keep - frac).detach()
 
 
+def rescaled_to(kept: Tensor, total: Tensor) -> Tensor:
+    """Rows of ``kept`` (N, V) scaled to sum to ``total`` (N,); rows summing to 0 unchanged
+    (and without a gradient through the scale)."""
+    after = kept.sum(1)
+    ok = after > 0
+    scale = torch.where(ok, total / torch.where(ok, after, torch.ones_like(after)), 1.0)
+    return kept * scale[:, None]
+
+
 def _problem(
     kind: str,
     setup: CaloSetup,
@@ -551,7 +571,10 @@ def _problem(
         z = torch.randn(len(batch["y"]), noise_dim, generator=rng).to(x.device)
         out = gen(z, batch["y"])
         if gate:
-            out = straight_through_threshold(out.reshape(len(out), -1), batch["e"], thresholds)
+            flat = out.reshape(len(out), -1)
+            out = straight_through_threshold(flat, batch["e"], thresholds)
+            if setup.data.keep_total:
+                out = rescaled_to(out, flat.sum(1))
         return to_net(out, batch.get("e")), batch["y"]
 
     extra = None
@@ -712,16 +735,17 @@ class CaloModel:
                 z = torch.randn(len(yb), self.generator.noise_dim, generator=rng)
                 out.append(self.generator(z.to(self.device), yb.to(self.device)).double().cpu())
         raw = torch.cat(out)
+        keep = self.setup.data.keep_total
         if _lhcb_shares(self.setup):
             e_tot = lhcb_totals(self.extra, cond, int(seed) + 7)
             cells = raw.reshape(len(raw), -1).numpy() * e_tot[:, None]
-            return np.where(cells < float(self.extra["cell_threshold"]), 0.0, cells)
+            return _threshold(cells, float(self.extra["cell_threshold"]), keep)
         if self.kind == "lhcb-conv":
             cells = self.transforms["cells"].inverse(raw.reshape(len(raw), -1)).clamp_min(0)
         else:
             shared = np.clip(_shared_energy(cond, n_e), 0, None)
             cells = raw * torch.from_numpy(shared)[:, None]
-        return _threshold(cells.numpy(), _cell_thresholds(self.layout))
+        return _threshold(cells.numpy(), _cell_thresholds(self.layout), keep)
 
 
 def load_calo_model(run_dir: str | os.PathLike, device: str = "cpu") -> CaloModel:
