@@ -183,6 +183,7 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
     lhcb_ours = {"energy_sharing": True, "aligned_prior": True}
     # calochallenge quick/full: two stages (response and empty layers drawn from a training
     # event, E_tot shared among the other layers), critic in MeV units
+    cc_data = CaloDataConfig(threshold_fakes=True, keep_total=True)  # session 4: keep_total
     cc_ours = cc(
         condition_response=True,
         condition_layers=True,
@@ -222,11 +223,10 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
             ),
             "full": CaloSetup(
                 "calochallenge", cc_ours.replace(hidden=512), _train(1, 256, 2e-4, ema_decay=0.999),
-                CaloDataConfig(epochs=100, threshold_fakes=True),
+                cc_data.replace(epochs=100),
             ),
             "quick": CaloSetup(
-                "calochallenge", cc_ours, _train(5000, 128, 2e-4, ema_decay=0.999),
-                CaloDataConfig(threshold_fakes=True),
+                "calochallenge", cc_ours, _train(5000, 128, 2e-4, ema_decay=0.999), cc_data
             ),
         },
     }  # fmt: skip
