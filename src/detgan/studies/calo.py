@@ -271,7 +271,8 @@ def _threshold(cells: np.ndarray, thresholds: Any, keep_total: bool = False) -> 
     if not keep_total:
         return kept
     after = kept.sum(1, keepdims=True)
-    return kept * np.where(after > 0, cells.sum(1, keepdims=True) / np.where(after > 0, after, 1), 1)
+    scale = np.divide(cells.sum(1, keepdims=True), after, out=np.ones_like(after), where=after > 0)
+    return kept * scale
 
 
 def _layer_sizes(layout: Any) -> list[int]:
@@ -720,7 +721,8 @@ class CaloModel:
         """Showers (N, V) MeV, thresholded like the reference, for raw conditions ``cond``:
         E_tot (N,) MeV (dense), (N, 5) = p, point (mm) (lhcb-conv), E_inc (N,) MeV.
         lhcb-conv with ``energy_sharing``: fractions × E_tot (:func:`lhcb_totals`, seed + 7),
-        cells below ``extra["cell_threshold"]`` zeroed."""
+        cells below ``extra["cell_threshold"]`` zeroed. With ``keep_total`` the cells that
+        pass are scaled back to the shower's total before the threshold."""
         cond = np.asarray(cond, np.float64)
         n_e = _n_energies(self.setup)
         if _draws_conditions(self.setup) and cond.ndim == 1:  # stage 1: E_tot, empty layers
