@@ -19,6 +19,7 @@ from detgan.comparison import (
     _fill_undefined,
     nn_representation,
 )
+from detgan.io.showers import load_showers
 from detgan.observables_calo import (
     _histogram_text,
     calochallenge_text_files,
@@ -204,6 +205,16 @@ def test_evaluate_lhcb_with_train_and_legacy(lhcb_files, tmp_path, capsys):
     a, b = (x["families"]["lhcb"]["metrics"]["features"] for x in (s, leg))
     assert a["width_long"]["wasserstein"] != b["width_long"]["wasserstein"]
     assert a["etot_p"]["wasserstein"] == b["etot_p"]["wasserstein"]  # unchanged by the switch
+    ref = load_showers(lhcb_files["ref"])  # the table shows each sample's mean ± std
+    etot_p = ref.cells.sum(1) / np.linalg.norm(ref.conditions["momentum"], axis=1)
+    np.testing.assert_allclose(
+        [a["etot_p"]["mean_reference"], a["etot_p"]["std_reference"]],
+        [etot_p.mean(), etot_p.std()],
+        rtol=1e-5,
+    )
+    assert a["etot_p"]["mean_candidate"] != a["etot_p"]["mean_reference"]
+    md = (tmp_path / "a" / "summary.md").read_text()
+    assert "| reference mean ± std | candidate mean ± std |" in md
 
 
 def test_memorisation_detects_copies(lhcb_files, tmp_path):

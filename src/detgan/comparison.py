@@ -283,8 +283,17 @@ def _feature_metrics(
             "ks": ks.statistic,
             "ks_pvalue": ks.pvalue,
             **_prefixed("separation", sep),
+            **_moments(r, "reference"),
+            **_moments(c, "candidate"),
         }
     return out
+
+
+def _moments(x: np.ndarray, who: str) -> dict[str, float]:
+    """Mean and standard deviation of the defined (finite) values, as ``mean_<who>``,
+    ``std_<who>`` (what a physicist compares first)."""
+    x = x[np.isfinite(x)]
+    return {f"mean_{who}": float(x.mean()), f"std_{who}": float(x.std())} if x.size else {}
 
 
 def _cap(x: np.ndarray, seed: int, limit: int = 250_000) -> np.ndarray:

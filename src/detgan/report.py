@@ -176,7 +176,8 @@ def _redundant(name: str, names: Any) -> bool:
 
 
 def feature_rows(result: dict[str, Any], group: str = "features") -> list[tuple[str, ...]]:
-    """(label, W₁ ± err, floor W₁, separation, floor sep., KS, floor KS, out of range, key)."""
+    """(label, reference mean ± std, candidate mean ± std, W₁ ± err, floor W₁, separation,
+    floor sep., KS, floor KS, out of range, key)."""
     m, f = result["metrics"].get(group, {}), result.get("floor", {}).get(group, {})
     labels = result.get("labels", {})
     rows = []
@@ -186,12 +187,14 @@ def feature_rows(result: dict[str, Any], group: str = "features") -> list[tuple[
         fl = f.get(name, {})
         label = labels.get(name, name)
         if "wasserstein" not in d:
-            rows.append((label, d.get("note", "–"), "–", "–", "–", "–", "–", "–", name))
+            rows.append((label, "–", "–", d.get("note", "–"), *["–"] * 6, name))
             continue
         out = d["separation_underflow_candidate"] + d["separation_overflow_candidate"]
         rows.append(
             (
                 label,
+                _pm(d.get("mean_reference"), d.get("std_reference")),
+                _pm(d.get("mean_candidate"), d.get("std_candidate")),
                 _pm(d["wasserstein"], d["wasserstein_error"]),
                 _fmt(fl.get("wasserstein")),
                 _fmt(d["separation"]),
@@ -207,6 +210,8 @@ def feature_rows(result: dict[str, Any], group: str = "features") -> list[tuple[
 
 FEATURE_HEADER = (
     "observable / unit",
+    "reference mean ± std",
+    "candidate mean ± std",
     "W₁ ± bootstrap (unit of the observable)",
     "floor W₁",
     "separation",
@@ -585,7 +590,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, list[tuple[str, Any]
                     else "Pooled observables (every station with signal / every voxel)"
                 )
                 out.append(f"<h3>{title}</h3>")
-                out.append(_table_html(FEATURE_HEADER, feature_rows(result, group), (2, 4, 6, 8)))
+                out.append(_table_html(FEATURE_HEADER, feature_rows(result, group), (4, 6, 8, 10)))
         out.append("<h3>Figures</h3><div class=grid>")
         for caption, fig in figures.get(family, []):
             wide = " class=wide" if fig.get_figwidth() > 6 else ""
