@@ -96,3 +96,13 @@ def test_calorimeter_labels_carry_units():
         "etot_einc_at_4096": "E_tot / E_inc at E_inc = 4096 MeV",
     }
     assert calo_labels(["width_phi_middle"], "atlas") == {"width_phi_middle": "w_φ middle / rad"}
+
+
+def test_markdown_tables_escape_bars_inside_cells():
+    """Labels such as 'E_tot / |p|' or 'mean |Δ log(1+var)|' stay in one cell."""
+    import re
+
+    text = report._table_md(("observable", "value"), [("E_tot / |p|", "0.99"), ("x", "|1|")])
+    for line in text.splitlines():
+        assert len(re.findall(r"(?<!\\)\|", line)) == 3, line
+    assert "E_tot / \\|p\\|" in text

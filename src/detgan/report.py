@@ -442,9 +442,12 @@ def to_json(obj: Any) -> Any:
 
 
 def _table_md(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    """A Markdown table; a '|' inside a cell (E_tot / |p|) is escaped so it stays one cell."""
+
+    def row(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([row(header), "|" + "---|" * len(header), *map(row, rows)])
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
