@@ -295,12 +295,11 @@ def aligned_coordinates(cond: Tensor, pitch: float | Tensor, z_sm: float | Tenso
     return torch.stack([(norm / pz).expand_as(s), s, t], -1)
 
 
-def _aligned_index(coords: Tensor, incl_max: float | Tensor) -> Tensor:
-    """Fractional (inclination, s, t) bin indices of :func:`aligned_coordinates` output: bin
-    centres at 0 … incl_max and −ALIGNED_HALF … +ALIGNED_HALF (``grid_sample``'s
-    ``align_corners=True`` convention)."""
-    unit = torch.cat([coords[..., :1] / incl_max, (coords[..., 1:] / ALIGNED_HALF + 1) / 2], -1)
-    return unit * (coords.new_tensor(ALIGNED_BINS) - 1)
+def _aligned_unit(coords: Tensor, incl_max: float | Tensor) -> Tensor:
+    """:func:`aligned_coordinates` output mapped to [0, 1] per axis: 0 … 1 spans the table's
+    first to last bin centre (inclination 0 … incl_max, s and t −ALIGNED_HALF … +ALIGNED_HALF;
+    ``grid_sample``'s ``align_corners=True`` convention)."""
+    return torch.cat([coords[..., :1] / incl_max, (coords[..., 1:] / ALIGNED_HALF + 1) / 2], -1)
 
 
 def aligned_table(
@@ -324,8 +323,8 @@ def aligned_table(
     total = torch.zeros(int(sizes.prod()), dtype=torch.float64)
     count = torch.zeros_like(total)
     for i in range(0, len(cond), chunk):
-        k = _aligned_index(aligned_coordinates(cond[i : i + chunk], pitch, z_sm), incl_max)
-        k = torch.minimum(k.round().clamp_min(0).long(), sizes - 1)
+        unit = _aligned_unit(aligned_coordinates(cond[i : i + chunk], pitch, z_sm), incl_max)
+        k = torch.minimum((unit * (sizes - 1)).round().clamp_min(0).long(), sizes - 1)
         flat = ((k[..., 0] * sizes[1] + k[..., 1]) * sizes[2] + k[..., 2]).reshape(-1)
         total.index_add_(0, flat, fractions[i : i + chunk].reshape(-1))
         count.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
@@ -391,8 +390,8 @@ class LHCbConvGenerator(nn.Module):
         """(N, 30, 30) log prior of each event, interpolated in the aligned table."""
         pitch, z_sm, incl_max = self.aligned_geom
         coords = aligned_coordinates(y * self.label_std + self.label_mean, pitch, z_sm)
-        unit = _aligned_index(coords, incl_max) / (coords.new_tensor(ALIGNED_BINS) - 1)
-        grid = (2 * unit - 1).flip(-1).reshape(1, 1, len(y), -1, 3)  # grid order (W, H, D)
+        grid = 2 * _aligned_unit(coords, incl_max) - 1  # grid_sample wants (W, H, D) order
+        grid = grid.flip(-1).reshape(1, 1, len(y), -1, 3)
         table = self.aligned_log.to(y.dtype)
         out = F.grid_sample(table, grid, align_corners=True, padding_mode="border")
         return out.view(len(y), LHCB_SIDE, LHCB_SIDE)
