@@ -281,6 +281,15 @@ def _layer_sizes(layout: Any) -> list[int]:
     ]
 
 
+def _cell_coordinates(layout: Any) -> np.ndarray:
+    """(V, K) cell-centre coordinates in flat order: (η, φ, r) for CaloChallenge voxels, the
+    two grid axes otherwise (``critic_shapes``)."""
+    if getattr(layout, "kind", "") == "calochallenge":
+        c = layout.voxel_centres()
+        return np.stack([c["eta"], c["phi"], c["r"]], 1)
+    return np.stack(layout.cell_centres(), 1)
+
+
 def _lhcb_conditions(showers: Showers) -> np.ndarray:
     """(N, 5) = (p_x, p_y, p_z) MeV and face point (x, y) mm."""
     c = showers.conditions
@@ -661,7 +670,9 @@ def train_calo(
     thresholds = torch.from_numpy(thr).float().to(dev)
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
-        models = build_calo_models(kind, setup.model, _layer_sizes(showers.layout))
+        layout = showers.layout
+        coords = _cell_coordinates(layout) if kind != "lhcb-conv" else None
+        models = build_calo_models(kind, setup.model, _layer_sizes(layout), coords)
         if _lhcb_shares(setup):  # softmax logits start from the mean training shower
             _set_lhcb_prior(models["generator"], setup, transforms, showers, cells, cond)
     models = {k: m.to(dev) for k, m in models.items()}
