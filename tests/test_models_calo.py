@@ -124,7 +124,7 @@ def test_dense_critic_log_scale_resolves_small_fractions():
 
 
 def test_dense_critic_layer_sums_need_matching_sizes():
-    with pytest.raises(DetganError, match="critic_layer_sums and critic_shapes need layer sizes summing to 89"):
+    with pytest.raises(DetganError, match="critic_shapes need layer sizes summing to 89"):
         DenseCaloCritic(89, DENSE_OPTIONS, layer_sizes=(21, 48, 6))
     with pytest.raises(DetganError, match="critic_log_scale must be >= 0"):
         DenseCaloConfig(critic_log_scale=-1.0)
@@ -253,8 +253,8 @@ def test_critic_shapes_widen_the_input_and_pass_gradients(kind):
     """``critic_shapes``: per layer 2 (dense: x, y) or 3 (η, φ, r) centres and widths more
     inputs; the generator gets a gradient through them; without coordinates: one-line error."""
     if kind == "dense":
-        cfg, sizes, k = DenseCaloConfig(latent_dim=10, hidden=16, critic_shapes=True), ATLAS_SIZES, 2
-        base = 89 + 1
+        cfg = DenseCaloConfig(latent_dim=10, hidden=16, critic_shapes=True)
+        sizes, k, base = ATLAS_SIZES, 2, 89 + 1
     else:
         cfg = CaloChallengeModelConfig(hidden=16, critic_shapes=True, critic_mev_scale=1.0)
         sizes, k, base = CC_SIZES, 3, 368 + 5 + 1
