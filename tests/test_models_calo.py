@@ -226,10 +226,11 @@ def test_calochallenge_critic_layer_fractions_are_the_layer_energies():
 
 def test_layer_moments_are_the_energy_weighted_centres_and_widths():
     """Against a direct float64 computation on random coordinates (2 layers, 2 axes), in units
-    of each layer's coordinate spread; an empty layer gives centre 0, width 10⁻³."""
+    of each layer's coordinate spread, weights E/(E_l + softening); an empty layer gives centre
+    0 and width 0.1; the input gradient stays finite and bounded at an empty layer."""
     g = torch.Generator().manual_seed(3)
     sizes, coords = (4, 6), torch.randn(10, 2, generator=g, dtype=torch.float64)
-    moments = LayerMoments(coords, sizes).double()
+    moments = LayerMoments(coords, sizes, softening=0.01).double()
     v = torch.rand(3, 10, generator=g, dtype=torch.float64)
     v[2, 4:] = 0  # event 2: layer 1 empty
     out = moments(v).view(3, 2, 4)  # (event, layer, [centre a, centre b, width a, width b])
@@ -237,15 +238,18 @@ def test_layer_moments_are_the_energy_weighted_centres_and_widths():
         c = coords[rows]
         u = (c - c.mean(0)) / c.std(0, unbiased=False)
         e = v[:, rows]
-        w_sum = e.sum(1, keepdim=True) + 1e-6 * v.sum(1, keepdim=True)
-        mean = e @ u / w_sum
-        var = (e @ u**2) / w_sum - mean**2
-        if k == 1:
-            mean, var = mean[:2], var[:2]
-        torch.testing.assert_close(out[: len(mean), k, :2], mean)
-        torch.testing.assert_close(out[: len(mean), k, 2:], torch.sqrt(var + 1e-6))
-    torch.testing.assert_close(out[2, 1], torch.tensor([0, 0, 1e-3, 1e-3], dtype=torch.float64))
-    torch.testing.assert_close(moments(3.0 * v), out.view(3, -1))  # any energy unit
+        mean = e @ u / (e.sum(1, keepdim=True) + 0.01)
+        var = (e @ u**2) / (e.sum(1, keepdim=True) + 0.01) - mean**2
+        torch.testing.assert_close(out[:, k, :2], mean)
+        torch.testing.assert_close(out[:, k, 2:], torch.sqrt(var.clamp_min(0) + 1e-2))
+    torch.testing.assert_close(out[2, 1], torch.tensor([0, 0, 0.1, 0.1], dtype=torch.float64))
+    x = v[2:].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(moments(x).sum(), x)
+    u_max = float(
+        ((coords[4:] - coords[4:].mean(0)) / coords[4:].std(0, unbiased=False)).abs().max()
+    )
+    bound = 2 * (u_max**2 / (2 * 0.1) + u_max) / 0.01  # 2 axes × (width + centre) / softening
+    assert torch.isfinite(grad).all() and grad.abs().max() <= bound
 
 
 @pytest.mark.parametrize("kind", ["dense", "calochallenge"])

@@ -201,16 +201,21 @@ def _as_2d(y: Tensor) -> Tensor:
 
 
 class LayerMoments(nn.Module):
-    """(N, V) cell energies ≥ 0 (any unit) → (N, L·2K): per layer, the energy-weighted centre
-    and width sqrt(⟨c²⟩ − ⟨c⟩²) of each of the K cell coordinates ``coords`` (V, K), each
-    coordinate divided by its spread over the layer's cells (so every layer's features are
-    O(1)). An empty layer gives centre 0 and width 10⁻³, as for real empty layers. One matmul
-    with a fixed (V, L·(1 + 2K)) matrix: differentiable, cheap, no parameters."""
+    """(N, V) cell energies ≥ 0 → (N, L·2K): per layer, the energy-weighted centre ⟨c⟩ and width
+    sqrt(⟨c²⟩ − ⟨c⟩² + δ) of each of the K cell coordinates ``coords`` (V, K), each coordinate
+    divided by its spread over the layer's cells (so every layer's features are O(1)).
 
-    def __init__(self, coords: Any, layer_sizes: Sequence[int]) -> None:
+    The weights are E_cell / (E_l + ``softening``), so a layer with far less energy than the
+    softening (in the unit of the energies) gives centre ≈ 0 and width ≈ √δ, as an empty one:
+    the input gradient stays bounded (≈ 1/softening) where a plain ratio would blow up the
+    gradient penalty near empty layers; δ = 10⁻² bounds the width's. One matmul with a fixed
+    (V, L·(1 + 2K)) matrix; no parameters."""
+
+    def __init__(self, coords: Any, layer_sizes: Sequence[int], softening: float) -> None:
         super().__init__()
+        require(softening > 0, "the moments' softening must be positive")
         c = torch.as_tensor(coords, dtype=torch.float64).reshape(sum(layer_sizes), -1)
-        self.n_layers, self.n_coords = len(layer_sizes), c.shape[1]
+        self.n_layers, self.n_coords, self.softening = len(layer_sizes), c.shape[1], softening
         matrix = torch.zeros(len(c), self.n_layers, 1 + 2 * self.n_coords, dtype=torch.float64)
         start = 0
         for k, n in enumerate(int(n) for n in layer_sizes):
@@ -227,18 +232,19 @@ class LayerMoments(nn.Module):
 
     def forward(self, v: Tensor) -> Tensor:
         s = (v.clamp_min(0) @ self.matrix.to(v.dtype)).view(len(v), self.n_layers, -1)
-        e = s[..., :1] + 1e-6 * v.sum(1).abs()[:, None, None] + 1e-30
-        k = self.n_coords
+        e, k = s[..., :1] + self.softening, self.n_coords
         mean, second = s[..., 1 : 1 + k] / e, s[..., 1 + k :] / e
-        width = torch.sqrt((second - mean**2).clamp_min(0) + 1e-6)
+        width = torch.sqrt((second - mean**2).clamp_min(0) + 1e-2)
         return torch.cat([mean, width], -1).reshape(len(v), -1)
 
 
-def _moments_or_none(wanted: bool, coords: Any, layer_sizes: Sequence[int]) -> LayerMoments | None:
+def _moments_or_none(
+    wanted: bool, coords: Any, layer_sizes: Sequence[int], softening: float
+) -> LayerMoments | None:
     if not wanted:
         return None
     require(coords is not None, "critic_shapes needs the cell coordinates of the layout")
-    return LayerMoments(coords, layer_sizes)
+    return LayerMoments(coords, layer_sizes, softening)
 
 
 # ------------------------------------------------------------------------------------- [K]
@@ -304,7 +310,7 @@ class DenseCaloCritic(nn.Module):
             not (c.critic_layer_sums or c.critic_shapes) or sum(layer_sizes) == n_cells,
             f"critic_layer_sums and critic_shapes need layer sizes summing to {n_cells} cells",
         )
-        self.moments = _moments_or_none(c.critic_shapes, coords, layer_sizes)
+        self.moments = _moments_or_none(c.critic_shapes, coords, layer_sizes, self.log_scale or 1e-3)
         n_shape = self.moments.n_features if self.moments is not None else 0
         n_in = n_cells + len(self.layer_sizes) + n_shape + n_conditions
         self.net = mlp(n_in, c.hidden, c.depth, 1, c.leaky_slope)
@@ -594,7 +600,7 @@ class CaloChallengeCritic(nn.Module):
         c = config
         self.layer_sizes = [int(n) for n in layer_sizes]
         self.fractions, self.scale = bool(c.critic_layer_fractions), float(c.critic_scale)
-        self.moments = _moments_or_none(c.critic_shapes, coords, self.layer_sizes)
+        self.moments = _moments_or_none(c.critic_shapes, coords, self.layer_sizes, self.scale)
         n_layers = len(self.layer_sizes)
         n_in = sum(self.layer_sizes) + n_layers + c.label_width(n_layers) + int(self.fractions)
         n_in += self.moments.n_features if self.moments is not None else 0
