@@ -25,7 +25,14 @@ from detgan.studies.refine import (
     to_net,
     train_refiner,
 )
-from detgan.studies.refine_study import STUDY_PRESETS, energy_performance, run_refine_study
+from detgan.studies.refine_study import (
+    STUDY_PRESETS,
+    TIMING_EDGES,
+    classifier_diagnostics,
+    energy_performance,
+    one_feature_auc,
+    run_refine_study,
+)
 from detgan.utils import DetganError
 
 TINY = {
@@ -157,6 +164,30 @@ def test_energy_performance_known_values():
     assert p["mean_resolution"] == pytest.approx((np.std([0.1, 0.3], ddof=1) + 0.2) / 2)
 
 
+def test_one_feature_auc_and_timing_diagnostics_see_a_known_shift():
+    """A rise time 30 ns slower in one log10 S bin only: that bin's AUC is 1, the others 0.5;
+    identical features give 0.5; NaN values are left out; an empty side gives NaN."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    log_s = rng.uniform(2.0, 7.5, n)
+    rise = rng.uniform(100.0, 110.0, n)
+    data = {"log10_integral": log_s, "rise_time": rise, "fall_time": rise + 100}
+    slow = np.where((log_s >= 3) & (log_s < 4), rise + 30.0, rise)
+    feats = {"data": data, "sim": dict(data), "refined": {**data, "rise_time": slow}}
+    diag = classifier_diagnostics(feats)
+    assert diag["feature_auc"]["fall_time"] == {"sim": 0.5, "refined": 0.5}
+    assert 0.55 < diag["feature_auc"]["rise_time"]["refined"] < 0.7  # diluted by the other bins
+    rows = {tuple(r["log10_s"]): r for r in diag["hottest_timing"]}
+    assert rows[(3.0, 4.0)]["refined"]["rise_auc"] == 1.0
+    assert rows[(3.0, 4.0)]["refined"]["rise_median"] == pytest.approx(
+        rows[(3.0, 4.0)]["data"]["rise_median"] + 30.0
+    )
+    assert all(r["sim"]["rise_auc"] == 0.5 for r in diag["hottest_timing"])
+    assert rows[(5.0, 6.0)]["refined"]["rise_auc"] == 0.5
+    assert one_feature_auc(np.array([1.0, np.nan, 2.0]), np.array([3.0, 4.0])) == 1.0
+    assert np.isnan(one_feature_auc(np.array([np.nan]), np.array([1.0])))
+
+
 def test_miniature_study_writes_the_report(files, run, tmp_path):
     cfg = STUDY_PRESETS["quick"].replace(
         max_train=50,
@@ -189,6 +220,10 @@ def test_miniature_study_writes_the_report(files, run, tmp_path):
         "scatter.png",
         "traces.png",
     ]
-    assert "mean |bias|" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "mean |bias|" in report and "Hottest station by log10(S / VEM)" in report
+    diag = summary["classifier_diagnostics"]
+    assert set(diag["feature_auc"]["rise_time"]) == {"sim", "refined"}
+    assert len(diag["hottest_timing"]) == len(TIMING_EDGES) - 1
     with h5py.File(files[0]) as f:  # inputs untouched
         assert "refined" not in f.attrs

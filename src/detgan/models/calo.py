@@ -310,7 +310,9 @@ class DenseCaloCritic(nn.Module):
             not (c.critic_layer_sums or c.critic_shapes) or sum(layer_sizes) == n_cells,
             f"critic_layer_sums and critic_shapes need layer sizes summing to {n_cells} cells",
         )
-        self.moments = _moments_or_none(c.critic_shapes, coords, layer_sizes, self.log_scale or 1e-3)
+        self.moments = _moments_or_none(
+            c.critic_shapes, coords, layer_sizes, self.log_scale or 1e-3
+        )
         n_shape = self.moments.n_features if self.moments is not None else 0
         n_in = n_cells + len(self.layer_sizes) + n_shape + n_conditions
         self.net = mlp(n_in, c.hidden, c.depth, 1, c.leaky_slope)

@@ -290,6 +290,12 @@ def _cell_coordinates(layout: Any) -> np.ndarray:
     return np.stack(layout.cell_centres(), 1)
 
 
+def _build_models(setup: CaloSetup, layout: Any) -> dict[str, nn.Module]:
+    kind = setup.model_kind
+    coords = _cell_coordinates(layout) if kind != "lhcb-conv" else None
+    return build_calo_models(kind, setup.model, _layer_sizes(layout), coords)
+
+
 def _lhcb_conditions(showers: Showers) -> np.ndarray:
     """(N, 5) = (p_x, p_y, p_z) MeV and face point (x, y) mm."""
     c = showers.conditions
@@ -670,9 +676,7 @@ def train_calo(
     thresholds = torch.from_numpy(thr).float().to(dev)
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
-        layout = showers.layout
-        coords = _cell_coordinates(layout) if kind != "lhcb-conv" else None
-        models = build_calo_models(kind, setup.model, _layer_sizes(layout), coords)
+        models = _build_models(setup, showers.layout)
         if _lhcb_shares(setup):  # softmax logits start from the mean training shower
             _set_lhcb_prior(models["generator"], setup, transforms, showers, cells, cond)
     models = {k: m.to(dev) for k, m in models.items()}
@@ -768,7 +772,7 @@ def load_calo_model(run_dir: str | os.PathLike, device: str = "cpu") -> CaloMode
     extra = state["extra"]
     layout = layout_from_dict(json.loads(extra["layout_json"]))
     transforms = {k: transform_from_state(v) for k, v in extra["transforms"].items()}
-    gen = build_calo_models(setup.model_kind, setup.model, _layer_sizes(layout))["generator"]
+    gen = _build_models(setup, layout)["generator"]
     weights = state["models"]
     gen.load_state_dict(weights.get("generator_ema", weights["generator"]))
     return CaloModel(gen.to(dev).eval(), setup, transforms, layout, extra, int(state["step"]), dev)

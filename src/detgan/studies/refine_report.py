@@ -169,10 +169,48 @@ def render_study_markdown(summary: dict[str, Any]) -> str:
         "Bias / resolution of (E_rec − E_true)/E_true per bin of E_true:",
         "",
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in table[:1]]
-    lines += ["|" + "---|" * len(table[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in table[1:]]
+    lines += _table_lines(table)
+    if "classifier_diagnostics" in summary:
+        lines += _diagnostic_lines(summary["classifier_diagnostics"])
     return "\n".join(lines) + "\n"
+
+
+def _table_lines(table: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(table[0]) + " |",
+        "|" + "---|" * len(table[0]),
+        *("| " + " | ".join(r) + " |" for r in table[1:]),
+    ]
+
+
+def _diagnostic_lines(diag: dict[str, Any]) -> list[str]:
+    """What the classifier sees: one-feature AUCs and the hottest station's timing by log10 S."""
+    lines = [
+        "",
+        "What the classifier can see — each feature alone, max(AUC, 1 − AUC) against 'data' "
+        "(0.5: indistinguishable):",
+        "",
+    ]
+    auc = diag["feature_auc"]
+    lines += _table_lines(
+        [["feature", "sim", "refined"]]
+        + [[k, f"{v['sim']:.3f}", f"{v['refined']:.3f}"] for k, v in auc.items()]
+    )
+    lines += [
+        "",
+        "Hottest station by log10(S / VEM): events, median rise / fall time (ns), and the rise "
+        "time's one-feature AUC against 'data' in the bin:",
+        "",
+    ]
+    rows = [["log10 S", "data", "sim", "refined"]]
+    for r in diag["hottest_timing"]:
+        cells = [f"{r['log10_s'][0]:g}–{r['log10_s'][1]:g}"]
+        for k in ("data", "sim", "refined"):
+            v = r[k]
+            cell = f"{v['n']}: {v['rise_median']:.0f} / {v['fall_median']:.0f}"
+            cells.append(cell + (f" (AUC {v['rise_auc']:.2f})" if "rise_auc" in v else ""))
+        rows.append(cells)
+    return lines + _table_lines(rows)
 
 
 def write_study_report(

@@ -49,6 +49,8 @@ __all__ = [
     "predict_energy",
     "energy_performance",
     "trace_features",
+    "one_feature_auc",
+    "classifier_diagnostics",
     "run_refine_study",
 ]
 
@@ -225,12 +227,12 @@ def trace_features(traces: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _auc(
-    reference: np.ndarray, candidate: np.ndarray, config: RefineStudyConfig
+    ref_f: dict[str, np.ndarray], cand_f: dict[str, np.ndarray], config: RefineStudyConfig
 ) -> dict[str, float]:
+    """Classifier two-sample AUC on the :func:`trace_features` of two samples."""
     from detgan.metrics import classifier_two_sample_test
     from detgan.observables import feature_matrix
 
-    ref_f, cand_f = trace_features(reference), trace_features(candidate)
     xr, _ = feature_matrix(ref_f, reference=ref_f)
     xc, _ = feature_matrix(cand_f, names=list(ref_f), reference=ref_f)
     if xc.shape[1] != xr.shape[1]:  # an undefined-feature indicator only one sample needs
@@ -239,6 +241,50 @@ def _auc(
         xc, _ = feature_matrix(cand_f, names, ref_f)
     res = classifier_two_sample_test(xr, xc, seed=config.seed, n_runs=config.classifier_runs)
     return {"auc": res.auc, "auc_std": res.auc_std}
+
+
+#: log10 S (VEM) bins of the hottest station for the timing diagnostic.
+TIMING_EDGES = (2.0, 3.0, 4.0, 5.0, 6.0, 7.5)
+
+
+def one_feature_auc(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """How well one feature alone separates two samples: max(AUC, 1 − AUC) of the raw values
+    (0.5: indistinguishable, 1: disjoint), non-finite values left out; NaN if a side is empty."""
+    from detgan.classifier import roc_auc
+
+    x, y = reference[np.isfinite(reference)], candidate[np.isfinite(candidate)]
+    if not len(x) or not len(y):
+        return float("nan")
+    auc = roc_auc(np.r_[x, y], np.r_[np.zeros(len(x)), np.ones(len(y))])
+    return max(auc, 1.0 - auc)
+
+
+def classifier_diagnostics(features: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """What the classifier can see, for samples ``data``, ``sim``, ``refined`` of
+    :func:`trace_features`: the one-feature AUC of every feature against 'data', and per log10 S
+    bin of the hottest station (:data:`TIMING_EDGES`) its events, median rise and fall times
+    and the rise time's one-feature AUC against 'data' in that bin."""
+    data, others = features["data"], [k for k in features if k != "data"]
+    feature_auc = {k: {c: one_feature_auc(data[k], features[c][k]) for c in others} for k in data}
+    timing = []
+    for lo, hi in zip(TIMING_EDGES[:-1], TIMING_EDGES[1:]):
+        row: dict[str, Any] = {"log10_s": [lo, hi]}
+        sel = {
+            k: (f["log10_integral"] >= lo) & (f["log10_integral"] < hi) for k, f in features.items()
+        }
+        for k, f in features.items():
+            m = sel[k]
+            row[k] = {
+                "n": int(m.sum()),
+                "rise_median": float(np.median(f["rise_time"][m])) if m.any() else float("nan"),
+                "fall_median": float(np.median(f["fall_time"][m])) if m.any() else float("nan"),
+            }
+            if k != "data":
+                row[k]["rise_auc"] = one_feature_auc(
+                    data["rise_time"][sel["data"]], f["rise_time"][m]
+                )
+        timing.append(row)
+    return {"feature_auc": feature_auc, "hottest_timing": timing}
 
 
 def _matched_brightness(candidate: np.ndarray, data: np.ndarray) -> dict[str, float]:
@@ -356,11 +402,14 @@ def run_refine_study(
     perf = {k: energy_performance(_truth(k, energy), p, cfg.energy_edges) for k, p in preds.items()}
     vem = {k: from_net(net[f"{k}_test"]) for k in ("sim", "refined", "data")}
     t = time.perf_counter()
-    auc = {f"{k}_vs_data": _auc(vem["data"], vem[k], cfg) for k in ("sim", "refined")}
+    feats = {k: trace_features(v) for k, v in vem.items()}
+    auc = {f"{k}_vs_data": _auc(feats["data"], feats[k], cfg) for k in ("sim", "refined")}
+    diagnostics = classifier_diagnostics({k: feats[k] for k in ("data", "sim", "refined")})
     timings["classifier_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     paths = (sim_path, data_path, refiner_run)
     summary = _summary(model, s, cfg, perf, auc, vem, timings, paths)
+    summary["classifier_diagnostics"] = diagnostics
     truths = {k: _truth(k, energy) for k in preds}
     history = _history(Path(refiner_run))
     figures = study_figures(perf, preds, truths, vem, s["matched"], history)
