@@ -38,7 +38,12 @@ def _traces(n: int = 3, side: int = 9, bins: int = 80, active: float = 0.3) -> t
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"input_skip": True, "station_mask": True, "trigger_gate": True}]
+    "options",
+    [
+        {},
+        {"input_skip": True, "station_mask": True, "trigger_gate": True},
+        {"critic_pulse_shape": True},
+    ],
 )
 def test_shapes_and_every_parameter_gets_a_gradient(options):
     models = build_refiner_models(SMALL.replace(**options), threshold=10.0)
@@ -55,6 +60,26 @@ def test_shapes_and_every_parameter_gets_a_gradient(options):
         for pname, p in module.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}.{pname}"
     assert all(p.grad.abs().sum() > 0 for p in models["generator"].parameters())
+
+
+def test_critic_pulse_shape_sees_the_cumulative_linear_signal():
+    """The second channel is Σ_{b' ≤ b} s_b' / S in [0, 1], ending at 1 on active stations and
+    0 on empty ones; two traces with equal log-scaled maxima and integrals but different rise
+    get different channels, so the critic can tell their rise times apart (the log-scaled
+    channel holds the same values in a different order)."""
+    critic = TraceCritic(8, pulse_shape=True)
+    seen = []
+    critic.encoder.time[0].register_forward_hook(lambda _m, inp, _o: seen.append(inp[0]))
+    u = torch.zeros(1, 9, 9, 80)
+    u[0, 4, 4, 10:14] = torch.tensor([1.0, 2.0, 1.0, 0.5])  # fast
+    u[0, 4, 5, 10:14] = torch.tensor([0.5, 1.0, 2.0, 1.0])  # slow: same values, reordered
+    critic(u)
+    empty, active = seen  # on_active_stations: the empty station once, then the active ones
+    assert empty.shape == (1, 2, 80) and not empty.any()
+    cum = active[:, 1]
+    assert torch.allclose(cum[:, -1], torch.ones(2)) and (cum >= 0).all() and (cum <= 1).all()
+    assert cum[0, 11] > 0.5 > cum[1, 11]  # the fast pulse passed half its signal one bin early
+    torch.testing.assert_close(active[:, 0].sort(1).values[0], active[:, 0].sort(1).values[1])
 
 
 def test_paper_refiner_matches_table_3():

@@ -50,6 +50,9 @@ class RefinerModelConfig(Config):
     trigger threshold (straight-through gradient, see :func:`straight_through_gate`).
     Critic/regressor: ``critic_width``/``regressor_width`` maps; ``amplitude_features`` feeds
     log10 of each station's integral and peak to the spatial stage (amplitude-aware critic).
+    ``critic_pulse_shape`` gives the critic's per-station convolutions a second input channel,
+    the station's cumulative fraction of its linear signal Σ_{b' ≤ b} s_b' / S (0 → 1), whose
+    crossings of 0.1, 0.5 and 0.9 are the rise and fall times the log-scaled trace hides.
     """
 
     channels: int = 64
@@ -61,6 +64,7 @@ class RefinerModelConfig(Config):
     critic_width: int = 32
     regressor_width: int = 32
     amplitude_features: bool = True
+    critic_pulse_shape: bool = False
     leaky_slope: float = 0.2
 
     def validate(self) -> None:
@@ -172,18 +176,25 @@ class TraceEncoder(nn.Module):
     stage: three 3×3 'same' convolutions over the n × n grid, then global mean and max pooling;
     with ``amplitude_features`` the event's log10(1 + Σ S) and its hottest station's
     log10(1 + S) are appended too (so brightness errors of the hottest station are seen
-    directly, not only through the convolutions).
+    directly, not only through the convolutions). With ``pulse_shape`` the per-station
+    convolutions also see the cumulative fraction of the station's linear signal.
     LeakyReLU activations, no batch normalisation (it would break the gradient penalty).
     """
 
     def __init__(
-        self, width: int = 32, n_bins: int = 80, amplitude_features: bool = True, slope: float = 0.2
+        self,
+        width: int = 32,
+        n_bins: int = 80,
+        amplitude_features: bool = True,
+        slope: float = 0.2,
+        pulse_shape: bool = False,
     ) -> None:
         super().__init__()
         act = nn.LeakyReLU(slope)
         half = max(width // 2, 2)
+        self.pulse_shape = pulse_shape
         self.time = nn.Sequential(
-            nn.Conv1d(1, half, 7, stride=2, padding=3),
+            nn.Conv1d(2 if pulse_shape else 1, half, 7, stride=2, padding=3),
             act,
             nn.Conv1d(half, width, 5, stride=2, padding=2),
             act,
@@ -208,7 +219,11 @@ class TraceEncoder(nn.Module):
 
     def _station(self, flat: Tensor) -> Tensor:
         """(K, T) station traces → (K, width) station features."""
-        return self.station(self.time(flat.unsqueeze(1)).flatten(1))
+        h = flat.unsqueeze(1)
+        if self.pulse_shape:
+            cumulative = torch.expm1(flat.clamp(0.0, 12.0) * math.log(10.0)).cumsum(-1)
+            h = torch.cat([h, (cumulative / cumulative[:, -1:].clamp_min(1e-6)).unsqueeze(1)], 1)
+        return self.station(self.time(h).flatten(1))
 
     def forward(self, u: Tensor) -> Tensor:
         n, s1, s2, t = u.shape
@@ -228,10 +243,15 @@ class TraceCritic(nn.Module):
     """Trace critic f: (N, n, n, T) → (N,) unbounded score; AixNet-like trunk + dense head."""
 
     def __init__(
-        self, width: int = 32, n_bins: int = 80, amplitude_features: bool = True, slope: float = 0.2
+        self,
+        width: int = 32,
+        n_bins: int = 80,
+        amplitude_features: bool = True,
+        slope: float = 0.2,
+        pulse_shape: bool = False,
     ) -> None:
         super().__init__()
-        self.encoder = TraceEncoder(width, n_bins, amplitude_features, slope)
+        self.encoder = TraceEncoder(width, n_bins, amplitude_features, slope, pulse_shape)
         self.head = nn.Sequential(
             nn.Linear(self.encoder.out_features, width), nn.LeakyReLU(slope), nn.Linear(width, 1)
         )
@@ -263,6 +283,10 @@ def build_refiner_models(
     return {
         "generator": Refiner(config, threshold),
         "critic": TraceCritic(
-            config.critic_width, n_bins, config.amplitude_features, config.leaky_slope
+            config.critic_width,
+            n_bins,
+            config.amplitude_features,
+            config.leaky_slope,
+            config.critic_pulse_shape,
         ),
     }
