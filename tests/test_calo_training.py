@@ -309,12 +309,7 @@ def test_lhcb_energy_sharing_shows_the_critic_thresholded_mev_images(data, tmp_p
 
 
 @pytest.mark.parametrize(
-    "kind,extra",
-    [
-        ("dense", {}),
-        ("lhcb-conv", {"energy_sharing": True, "threshold_fakes": True}),
-        ("calochallenge", {"critic_shapes": True}),  # the critic rebuilt with the coordinates
-    ],
+    "kind,extra", [("dense", {}), ("lhcb-conv", {"energy_sharing": True, "threshold_fakes": True})]
 )
 def test_resume_is_exact(kind, extra, data, tmp_path):
     setup = _setup(kind, iterations=6, **extra)

@@ -11,7 +11,6 @@ from detgan.models.calo import (
     CaloChallengeModelConfig,
     DenseCaloConfig,
     DenseCaloCritic,
-    LayerMoments,
     LHCbConvConfig,
     aligned_coordinates,
     aligned_table,
@@ -124,7 +123,7 @@ def test_dense_critic_log_scale_resolves_small_fractions():
 
 
 def test_dense_critic_layer_sums_need_matching_sizes():
-    with pytest.raises(DetganError, match="critic_shapes need layer sizes summing to 89"):
+    with pytest.raises(DetganError, match="critic_layer_sums needs layer sizes summing to 89"):
         DenseCaloCritic(89, DENSE_OPTIONS, layer_sizes=(21, 48, 6))
     with pytest.raises(DetganError, match="critic_log_scale must be >= 0"):
         DenseCaloConfig(critic_log_scale=-1.0)
@@ -222,55 +221,6 @@ def test_calochallenge_critic_layer_fractions_are_the_layer_energies():
     layers = captured[0][0, 368:374]
     expected = torch.log1p(torch.tensor([0.03, 0.0, 0.5, 0.0, 0.0, 0.53]) / 1e-3)
     torch.testing.assert_close(layers, expected, rtol=1e-4, atol=1e-4)
-
-
-def test_layer_moments_are_the_energy_weighted_centres_and_widths():
-    """Against a direct float64 computation on random coordinates (2 layers, 2 axes), in units
-    of each layer's coordinate spread, weights E/(E_l + softening); an empty layer gives centre
-    0 and width 0.1; the input gradient stays finite and bounded at an empty layer."""
-    g = torch.Generator().manual_seed(3)
-    sizes, coords = (4, 6), torch.randn(10, 2, generator=g, dtype=torch.float64)
-    moments = LayerMoments(coords, sizes, softening=0.01).double()
-    v = torch.rand(3, 10, generator=g, dtype=torch.float64)
-    v[2, 4:] = 0  # event 2: layer 1 empty
-    out = moments(v).view(3, 2, 4)  # (event, layer, [centre a, centre b, width a, width b])
-    for k, rows in enumerate((slice(0, 4), slice(4, 10))):
-        c = coords[rows]
-        u = (c - c.mean(0)) / c.std(0, unbiased=False)
-        e = v[:, rows]
-        mean = e @ u / (e.sum(1, keepdim=True) + 0.01)
-        var = (e @ u**2) / (e.sum(1, keepdim=True) + 0.01) - mean**2
-        torch.testing.assert_close(out[:, k, :2], mean)
-        torch.testing.assert_close(out[:, k, 2:], torch.sqrt(var.clamp_min(0) + 1e-2))
-    torch.testing.assert_close(out[2, 1], torch.tensor([0, 0, 0.1, 0.1], dtype=torch.float64))
-    x = v[2:].clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(moments(x).sum(), x)
-    u_max = float(
-        ((coords[4:] - coords[4:].mean(0)) / coords[4:].std(0, unbiased=False)).abs().max()
-    )
-    bound = 2 * (u_max**2 / (2 * 0.1) + u_max) / 0.01  # 2 axes × (width + centre) / softening
-    assert torch.isfinite(grad).all() and grad.abs().max() <= bound
-
-
-@pytest.mark.parametrize("kind", ["dense", "calochallenge"])
-def test_critic_shapes_widen_the_input_and_pass_gradients(kind):
-    """``critic_shapes``: per layer 2 (dense: x, y) or 3 (η, φ, r) centres and widths more
-    inputs; the generator gets a gradient through them; without coordinates: one-line error."""
-    if kind == "dense":
-        cfg = DenseCaloConfig(latent_dim=10, hidden=16, critic_shapes=True)
-        sizes, k, base = ATLAS_SIZES, 2, 89 + 1
-    else:
-        cfg = CaloChallengeModelConfig(hidden=16, critic_shapes=True, critic_mev_scale=1.0)
-        sizes, k, base = CC_SIZES, 3, 368 + 5 + 1
-    coords = torch.randn(sum(sizes), k, generator=torch.Generator().manual_seed(0))
-    models = build_calo_models(kind, cfg, sizes, coords)
-    assert models["critic"].net[0].in_features == base + 2 * k * len(sizes)
-    z, y = torch.randn(4, models["generator"].noise_dim), torch.randn(4, 1)
-    fake = models["generator"](z, y)
-    models["critic"](torch.log1p(fake * 1e4) if kind != "dense" else fake, y).sum().backward()
-    assert all(p.grad is not None for p in models["generator"].parameters())
-    with pytest.raises(DetganError, match="critic_shapes needs the cell coordinates"):
-        build_calo_models(kind, cfg, sizes)
 
 
 def test_embedded_regressor_stays_frozen_in_training():

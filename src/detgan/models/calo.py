@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +29,6 @@ __all__ = [
     "LHCbConvConfig",
     "CaloChallengeModelConfig",
     "mlp",
-    "LayerMoments",
     "DenseCaloGenerator",
     "DenseCaloCritic",
     "LHCbConvGenerator",
@@ -62,8 +60,6 @@ class DenseCaloConfig(Config):
     ``condition_layers`` (not in [K]): the label also carries one ±1 flag per layer (the layer
     has a cell above threshold or not); the generator gives the cells of flagged-empty layers no
     energy. At generation the flags are drawn from a training event of similar E_tot.
-    ``critic_shapes``: the critic also sees each layer's energy-weighted centre and width
-    along both cell axes (:class:`LayerMoments`), the shower-shape variables of the evaluation.
     """
 
     latent_dim: int = 100
@@ -73,7 +69,6 @@ class DenseCaloConfig(Config):
     critic_log_scale: float = 0.0
     critic_layer_sums: bool = False
     condition_layers: bool = False
-    critic_shapes: bool = False
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
@@ -136,9 +131,7 @@ class CaloChallengeModelConfig(Config):
     ``condition_response``): the label also carries which layers have energy above E_min
     (±1 per layer), drawn at generation from the same training event as E_tot; the generator
     gives the empty layers no energy (their layer logits are masked), so the fraction of
-    showers with an empty layer is that of the training data at each E_inc.
-    ``critic_shapes``: the critic also sees each layer's energy-weighted centre and width in η,
-    φ and r (:class:`LayerMoments`), the shower-shape inputs of the high-level classifier."""
+    showers with an empty layer is that of the training data at each E_inc."""
 
     latent_dim: int = 64
     hidden: int = 256
@@ -151,7 +144,6 @@ class CaloChallengeModelConfig(Config):
     critic_mev_scale: float = 0.0
     condition_response: bool = False
     condition_layers: bool = False
-    critic_shapes: bool = False
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
@@ -200,53 +192,6 @@ def _as_2d(y: Tensor) -> Tensor:
     return y.reshape(len(y), -1)
 
 
-class LayerMoments(nn.Module):
-    """(N, V) cell energies ≥ 0 → (N, L·2K): per layer, the energy-weighted centre ⟨c⟩ and width
-    sqrt(⟨c²⟩ − ⟨c⟩² + δ) of each of the K cell coordinates ``coords`` (V, K), each coordinate
-    divided by its spread over the layer's cells (so every layer's features are O(1)).
-
-    The weights are E_cell / (E_l + ``softening``), so a layer with far less energy than the
-    softening (in the unit of the energies) gives centre ≈ 0 and width ≈ √δ, as an empty one:
-    the input gradient stays bounded (≈ 1/softening) where a plain ratio would blow up the
-    gradient penalty near empty layers; δ = 10⁻² bounds the width's. One matmul with a fixed
-    (V, L·(1 + 2K)) matrix; no parameters."""
-
-    def __init__(self, coords: Any, layer_sizes: Sequence[int], softening: float) -> None:
-        super().__init__()
-        require(softening > 0, "the moments' softening must be positive")
-        c = torch.as_tensor(coords, dtype=torch.float64).reshape(sum(layer_sizes), -1)
-        self.n_layers, self.n_coords, self.softening = len(layer_sizes), c.shape[1], softening
-        matrix = torch.zeros(len(c), self.n_layers, 1 + 2 * self.n_coords, dtype=torch.float64)
-        start = 0
-        for k, n in enumerate(int(n) for n in layer_sizes):
-            part = c[start : start + n]
-            spread = part.std(0, unbiased=False)
-            u = (part - part.mean(0)) / torch.where(spread > 0, spread, torch.ones_like(spread))
-            matrix[start : start + n, k] = torch.cat([torch.ones(n, 1), u, u**2], 1)
-            start += n
-        self.register_buffer("matrix", matrix.reshape(len(c), -1).float(), persistent=False)
-
-    @property
-    def n_features(self) -> int:
-        return 2 * self.n_layers * self.n_coords
-
-    def forward(self, v: Tensor) -> Tensor:
-        s = (v.clamp_min(0) @ self.matrix.to(v.dtype)).view(len(v), self.n_layers, -1)
-        e, k = s[..., :1] + self.softening, self.n_coords
-        mean, second = s[..., 1 : 1 + k] / e, s[..., 1 + k :] / e
-        width = torch.sqrt((second - mean**2).clamp_min(0) + 1e-2)
-        return torch.cat([mean, width], -1).reshape(len(v), -1)
-
-
-def _moments_or_none(
-    wanted: bool, coords: Any, layer_sizes: Sequence[int], softening: float
-) -> LayerMoments | None:
-    if not wanted:
-        return None
-    require(coords is not None, "critic_shapes needs the cell coordinates of the layout")
-    return LayerMoments(coords, layer_sizes, softening)
-
-
 # ------------------------------------------------------------------------------------- [K]
 class DenseCaloGenerator(nn.Module):
     """Dense generator of [K]: (z (N, L), y (N, C)) → energy fractions (N, V), rows sum to 1.
@@ -290,8 +235,7 @@ class DenseCaloCritic(nn.Module):
 
     Input features u = [g(x), g(S x), y] with g(f) = log(1 + f/s) when ``critic_log_scale``
     s > 0 (else g(f) = f) and S x the (N, L) per-layer sums, present only with
-    ``critic_layer_sums`` (``layer_sizes`` then gives the cells per layer in flat order), and
-    with ``critic_shapes`` the :class:`LayerMoments` of x for the cell ``coords`` (V, 2).
+    ``critic_layer_sums`` (``layer_sizes`` then gives the cells per layer in flat order).
     """
 
     def __init__(
@@ -300,21 +244,16 @@ class DenseCaloCritic(nn.Module):
         config: DenseCaloConfig,
         n_conditions: int = 1,
         layer_sizes: Sequence[int] = (),
-        coords: Any = None,
     ) -> None:
         super().__init__()
         c = config
         self.log_scale = float(c.critic_log_scale)
         self.layer_sizes = [int(n) for n in layer_sizes] if c.critic_layer_sums else []
         require(
-            not (c.critic_layer_sums or c.critic_shapes) or sum(layer_sizes) == n_cells,
-            f"critic_layer_sums and critic_shapes need layer sizes summing to {n_cells} cells",
+            not c.critic_layer_sums or sum(self.layer_sizes) == n_cells,
+            f"critic_layer_sums needs layer sizes summing to {n_cells} cells",
         )
-        self.moments = _moments_or_none(
-            c.critic_shapes, coords, layer_sizes, self.log_scale or 1e-3
-        )
-        n_shape = self.moments.n_features if self.moments is not None else 0
-        n_in = n_cells + len(self.layer_sizes) + n_shape + n_conditions
+        n_in = n_cells + len(self.layer_sizes) + n_conditions
         self.net = mlp(n_in, c.hidden, c.depth, 1, c.leaky_slope)
 
     def _scaled(self, f: Tensor) -> Tensor:
@@ -326,8 +265,6 @@ class DenseCaloCritic(nn.Module):
         if self.layer_sizes:
             sums = torch.stack([p.sum(1) for p in torch.split(x, self.layer_sizes, dim=1)], 1)
             parts.append(self._scaled(sums))
-        if self.moments is not None:
-            parts.append(self.moments(x))
         return self.net(torch.cat([*parts, _as_2d(y)], 1)).squeeze(1)
 
 
@@ -592,33 +529,25 @@ class CaloChallengeCritic(nn.Module):
     its energy in MeV with ``critic_mev_scale``); the critic also sees one input per layer so
     that layer energies need not be learnt from the voxels: the per-layer sums of x, or, with
     ``critic_layer_fractions``, g(v_l) per layer and g(v_tot), g(v) = log(1 + v/s), the layer
-    sums v_l recovered exactly as Σ s·(eˣ − 1). With ``critic_shapes`` it also sees the
-    :class:`LayerMoments` of v for the voxel ``coords`` (V, 3) = (η, φ, r)."""
+    sums v_l recovered exactly as Σ s·(eˣ − 1)."""
 
-    def __init__(
-        self, layer_sizes: Sequence[int], config: CaloChallengeModelConfig, coords: Any = None
-    ) -> None:
+    def __init__(self, layer_sizes: Sequence[int], config: CaloChallengeModelConfig) -> None:
         super().__init__()
         c = config
         self.layer_sizes = [int(n) for n in layer_sizes]
         self.fractions, self.scale = bool(c.critic_layer_fractions), float(c.critic_scale)
-        self.moments = _moments_or_none(c.critic_shapes, coords, self.layer_sizes, self.scale)
         n_layers = len(self.layer_sizes)
         n_in = sum(self.layer_sizes) + n_layers + c.label_width(n_layers) + int(self.fractions)
-        n_in += self.moments.n_features if self.moments is not None else 0
         self.net = mlp(n_in, c.hidden, c.depth, 1, c.leaky_slope)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        v = self.scale * torch.expm1(x.clamp_min(0))  # the voxel values again
         if not self.fractions:
             sums = torch.stack([p.sum(1) for p in torch.split(x, self.layer_sizes, dim=1)], 1)
         else:
-            layers = torch.stack([p.sum(1) for p in torch.split(v, self.layer_sizes, 1)], 1)
+            frac = self.scale * torch.expm1(x.clamp_min(0))
+            layers = torch.stack([p.sum(1) for p in torch.split(frac, self.layer_sizes, 1)], 1)
             sums = torch.log1p(torch.cat([layers, layers.sum(1, keepdim=True)], 1) / self.scale)
-        parts = [x, sums, _as_2d(y)]
-        if self.moments is not None:
-            parts.append(self.moments(v))
-        return self.net(torch.cat(parts, 1)).squeeze(1)
+        return self.net(torch.cat([x, sums, _as_2d(y)], 1)).squeeze(1)
 
 
 # ------------------------------------------------------------------------------------ factory
@@ -636,17 +565,16 @@ def model_config_class(kind: str) -> type[Config]:
 
 
 def build_calo_models(
-    kind: str, config: Config, layer_sizes: Sequence[int] = (), coords: Any = None
+    kind: str, config: Config, layer_sizes: Sequence[int] = ()
 ) -> dict[str, nn.Module]:
     """``generator`` and ``critic`` (and, for ``lhcb-conv``, the ``regressor`` that is the
     critic's embedded submodule). ``layer_sizes``: cells per layer in flat order (dense: the
-    sum, and the split for ``critic_layer_sums``; lhcb-conv: ignored); ``coords``: (V, K) cell
-    coordinates, needed by ``critic_shapes``."""
+    sum, and the split for ``critic_layer_sums``; lhcb-conv: ignored)."""
     model_config_class(kind)
     if kind == "dense":
         n = int(sum(layer_sizes))
         n_cond = 1 + (len(layer_sizes) if config.condition_layers else 0)
-        critic = DenseCaloCritic(n, config, n_cond, layer_sizes=layer_sizes, coords=coords)
+        critic = DenseCaloCritic(n, config, n_cond, layer_sizes=layer_sizes)
         return {"generator": DenseCaloGenerator(n, config, n_cond, layer_sizes), "critic": critic}
     if kind == "lhcb-conv":
         regressor = LHCbRegressor(config)
@@ -657,5 +585,5 @@ def build_calo_models(
         }
     return {
         "generator": CaloChallengeGenerator(layer_sizes, config),
-        "critic": CaloChallengeCritic(layer_sizes, config, coords),
+        "critic": CaloChallengeCritic(layer_sizes, config),
     }

@@ -281,21 +281,6 @@ def _layer_sizes(layout: Any) -> list[int]:
     ]
 
 
-def _cell_coordinates(layout: Any) -> np.ndarray:
-    """(V, K) cell-centre coordinates in flat order: (η, φ, r) for CaloChallenge voxels, the
-    two grid axes otherwise (``critic_shapes``)."""
-    if getattr(layout, "kind", "") == "calochallenge":
-        c = layout.voxel_centres()
-        return np.stack([c["eta"], c["phi"], c["r"]], 1)
-    return np.stack(layout.cell_centres(), 1)
-
-
-def _build_models(setup: CaloSetup, layout: Any) -> dict[str, nn.Module]:
-    kind = setup.model_kind
-    coords = _cell_coordinates(layout) if kind != "lhcb-conv" else None
-    return build_calo_models(kind, setup.model, _layer_sizes(layout), coords)
-
-
 def _lhcb_conditions(showers: Showers) -> np.ndarray:
     """(N, 5) = (p_x, p_y, p_z) MeV and face point (x, y) mm."""
     c = showers.conditions
@@ -676,7 +661,7 @@ def train_calo(
     thresholds = torch.from_numpy(thr).float().to(dev)
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
-        models = _build_models(setup, showers.layout)
+        models = build_calo_models(kind, setup.model, _layer_sizes(showers.layout))
         if _lhcb_shares(setup):  # softmax logits start from the mean training shower
             _set_lhcb_prior(models["generator"], setup, transforms, showers, cells, cond)
     models = {k: m.to(dev) for k, m in models.items()}
@@ -772,7 +757,7 @@ def load_calo_model(run_dir: str | os.PathLike, device: str = "cpu") -> CaloMode
     extra = state["extra"]
     layout = layout_from_dict(json.loads(extra["layout_json"]))
     transforms = {k: transform_from_state(v) for k, v in extra["transforms"].items()}
-    gen = _build_models(setup, layout)["generator"]
+    gen = build_calo_models(setup.model_kind, setup.model, _layer_sizes(layout))["generator"]
     weights = state["models"]
     gen.load_state_dict(weights.get("generator_ema", weights["generator"]))
     return CaloModel(gen.to(dev).eval(), setup, transforms, layout, extra, int(state["step"]), dev)
