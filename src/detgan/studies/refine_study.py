@@ -404,7 +404,7 @@ def run_refine_study(
     t = time.perf_counter()
     feats = {k: trace_features(v) for k, v in vem.items()}
     auc = {f"{k}_vs_data": _auc(feats["data"], feats[k], cfg) for k in ("sim", "refined")}
-    diagnostics = classifier_diagnostics({k: feats[k] for k in ("data", "sim", "refined")})
+    diagnostics = classifier_diagnostics(feats)
     timings["classifier_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     paths = (sim_path, data_path, refiner_run)
