@@ -77,9 +77,14 @@ class RefinerModelConfig(Config):
         require(0.0 <= self.leaky_slope < 1.0, "leaky_slope must lie in [0, 1)")
 
 
+def _vem(u: Tensor) -> Tensor:
+    """Network units → signal per bin in VEM, 10^u − 1 (u clamped at 12 against overflow)."""
+    return torch.expm1(u.clamp(max=12.0) * math.log(10.0))
+
+
 def station_signal(u: Tensor) -> Tensor:
     """Integral S = Σ_b (10^u_b − 1) of each station in VEM: (N, n, n, T) → (N, n, n)."""
-    return torch.expm1(u.clamp(max=12.0) * math.log(10.0)).sum(-1)
+    return _vem(u).sum(-1)
 
 
 def on_active_stations(fn: Callable[[Tensor], Tensor], flat: Tensor) -> Tensor:
@@ -221,7 +226,7 @@ class TraceEncoder(nn.Module):
         """(K, T) station traces → (K, width) station features."""
         h = flat.unsqueeze(1)
         if self.pulse_shape:
-            cumulative = torch.expm1(flat.clamp(0.0, 12.0) * math.log(10.0)).cumsum(-1)
+            cumulative = _vem(flat.clamp_min(0.0)).cumsum(-1)
             h = torch.cat([h, (cumulative / cumulative[:, -1:].clamp_min(1e-6)).unsqueeze(1)], 1)
         return self.station(self.time(h).flatten(1))
 
@@ -260,20 +265,9 @@ class TraceCritic(nn.Module):
         return self.head(self.encoder(u)).squeeze(1)
 
 
-class TraceRegressor(nn.Module):
-    """AixNet-like energy regressor a: traces (N, n, n, T) → standardised log10 E (N,) [EGW18]."""
-
-    def __init__(
-        self, width: int = 32, n_bins: int = 80, amplitude_features: bool = True, slope: float = 0.2
-    ) -> None:
-        super().__init__()
-        self.encoder = TraceEncoder(width, n_bins, amplitude_features, slope)
-        self.head = nn.Sequential(
-            nn.Linear(self.encoder.out_features, width), nn.LeakyReLU(slope), nn.Linear(width, 1)
-        )
-
-    def forward(self, u: Tensor) -> Tensor:
-        return self.head(self.encoder(u)).squeeze(1)
+class TraceRegressor(TraceCritic):
+    """AixNet-like energy regressor a: traces (N, n, n, T) → standardised log10 E (N,) [EGW18];
+    the critic's architecture (trunk + dense head), trained by regression."""
 
 
 def build_refiner_models(
