@@ -43,6 +43,7 @@ def _traces(n: int = 3, side: int = 9, bins: int = 80, active: float = 0.3) -> t
         {},
         {"input_skip": True, "station_mask": True, "trigger_gate": True},
         {"critic_pulse_shape": True},
+        {"refiner_levels": True, "station_mask": True},
     ],
 )
 def test_shapes_and_every_parameter_gets_a_gradient(options):
@@ -80,6 +81,28 @@ def test_critic_pulse_shape_sees_the_cumulative_linear_signal():
     assert torch.allclose(cum[:, -1], torch.ones(2)) and (cum >= 0).all() and (cum <= 1).all()
     assert cum[0, 11] > 0.5 > cum[1, 11]  # the fast pulse passed half its signal one bin early
     torch.testing.assert_close(active[:, 0].sort(1).values[0], active[:, 0].sort(1).values[1])
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_refiner_levels_let_a_trace_depend_on_its_event(mask):
+    """With ``refiner_levels`` the same trace is refined differently when the event's hottest
+    station differs (its relative level changes); without, it is refined identically; the
+    levels are a = log10(1 + S)/4 and (a − max a)/4, and 0 on stations without signal."""
+    u = torch.zeros(2, 9, 9, 80)
+    u[:, 4, 4, 10:14] = torch.tensor([0.5, 1.0, 0.8, 0.2])  # the same station in both events
+    u[0, 2, 2, 10:20] = 3.0  # a bright hottest station in event 0 only
+    for levels in (False, True):
+        r = _alive(Refiner(SMALL.replace(refiner_levels=levels, station_mask=mask))).eval()
+        out = r(u)
+        assert out.shape == u.shape
+        if mask:  # stations without signal stay exactly 0
+            assert out[:, 0, 0].abs().sum() == 0
+        same = torch.allclose(out[0, 4, 4], out[1, 4, 4])
+        assert same != levels
+    lv = r._levels(u).reshape(2, 9, 9, 2)
+    a = math.log10(1 + float(station_signal(u)[1, 4, 4]))
+    torch.testing.assert_close(lv[1, 4, 4], torch.tensor([a / 4, 0.0]))
+    assert lv[0, 4, 4, 1] < 0 and lv[:, 0, 0].abs().sum() == 0
 
 
 def test_paper_refiner_matches_table_3():

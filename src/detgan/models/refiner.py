@@ -53,6 +53,12 @@ class RefinerModelConfig(Config):
     ``critic_pulse_shape`` gives the critic's per-station convolutions a second input channel,
     the station's cumulative fraction of its linear signal Σ_{b' ≤ b} s_b' / S (0 → 1), whose
     crossings of 0.1, 0.5 and 0.9 are the rise and fall times the log-scaled trace hides.
+    ``refiner_levels`` gives the refiner's lift two more input channels, constant along time:
+    the station's level a = log10(1 + S) and its level relative to the event's hottest station,
+    a − max a (both of the input trace, divided by 4). The sim → data correction of a pulse
+    depends on the station's distance to the axis (its muon/EM mix, ``airshower.md`` §8, §10),
+    which a single trace does not show but its level within the event does; with this option a
+    station's refined trace depends on the event's hottest station too.
     """
 
     channels: int = 64
@@ -65,6 +71,7 @@ class RefinerModelConfig(Config):
     regressor_width: int = 32
     amplitude_features: bool = True
     critic_pulse_shape: bool = False
+    refiner_levels: bool = False
     leaky_slope: float = 0.2
 
     def validate(self) -> None:
@@ -140,7 +147,8 @@ class Refiner(nn.Module):
         super().__init__()
         self.config = c = config or RefinerModelConfig()
         self.register_buffer("threshold", torch.tensor(float(threshold)))
-        self.lift = nn.Conv1d(1, c.channels, c.kernel, padding=c.kernel // 2)
+        self.n_levels = 2 if c.refiner_levels else 0
+        self.lift = nn.Conv1d(1 + self.n_levels, c.channels, c.kernel, padding=c.kernel // 2)
         self.body = nn.Sequential(*[_ResBlock(c.channels, c.kernel) for _ in range(c.blocks)])
         self.head = nn.Conv1d(c.channels, 1, 1)
         if c.input_skip:  # start at the identity map: ψ(u) = ReLU(u + 0)
@@ -152,15 +160,30 @@ class Refiner(nn.Module):
                 self.head.bias.abs_()
 
     def _refine_stations(self, flat: Tensor) -> Tensor:
-        """(K, T) station traces → (K, T) refined (lift, residual blocks, head, ReLU)."""
-        h = flat.unsqueeze(1)
-        out = self.head(self.body(torch.relu(self.lift(h))))
+        """(K, T [+ levels]) station traces → (K, T) refined (lift, residual blocks, head,
+        ReLU); with ``refiner_levels`` the last two columns are the station's levels, fed to
+        the lift as constant channels."""
+        t = flat.shape[-1] - self.n_levels
+        h = flat[:, :t].unsqueeze(1)
+        x = h
+        if self.n_levels:
+            x = torch.cat([h, flat[:, t:, None].expand(-1, -1, t)], 1)
+        out = self.head(self.body(torch.relu(self.lift(x))))
         if self.config.input_skip:
             out = out + h
         return torch.relu(out).squeeze(1)
 
+    def _levels(self, u: Tensor) -> Tensor:
+        """(N, n, n, T) → (N·n·n, 2): a = log10(1 + S) and a − max_event a, divided by 4;
+        0 on stations without signal (so they stay inactive for :func:`on_active_stations`)."""
+        a = torch.log10(1.0 + station_signal(u.detach()).clamp_min(0.0))
+        rel = (a - a.amax((1, 2), keepdim=True)) * (a > 0)
+        return (torch.stack([a, rel], -1) / 4.0).reshape(-1, 2)
+
     def forward(self, u: Tensor) -> Tensor:
         flat = u.reshape(-1, u.shape[-1])
+        if self.n_levels:
+            flat = torch.cat([flat, self._levels(u)], 1)
         if self.config.station_mask:  # stations without signal stay exactly 0 (and cost nothing)
             out = on_active_stations(self._refine_stations, flat)
             out = out * (flat.detach() != 0).any(-1, keepdim=True).to(out.dtype)
