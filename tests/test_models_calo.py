@@ -339,6 +339,36 @@ def test_lhcb_aligned_prior_puts_the_mean_shower_where_the_conditions_say():
     assert (f - showers(new)).abs().sum(1).max() < 0.05  # L1 distance of the two showers
 
 
+@pytest.mark.parametrize(
+    "kind,config,sizes",
+    [
+        ("dense", DenseCaloConfig(latent_dim=10, hidden=32, voxel_noise=0.5), ATLAS_SIZES),
+        ("calochallenge", CaloChallengeModelConfig(hidden=32, voxel_noise=0.5), CC_SIZES),
+    ],
+)
+def test_voxel_noise_adds_one_learnt_noise_per_cell(kind, config, sizes):
+    """z grows by one column per cell; those columns change the cells independently of the
+    latent (the same latent, other ε → another shower with the same energy); σ₀ = 0 is off;
+    σ is learnt."""
+    gen = build_calo_models(kind, config, sizes)["generator"]
+    n_cells, latent = sum(sizes), config.latent_dim
+    assert gen.noise_dim == latent + n_cells
+    off = build_calo_models(kind, config.replace(voxel_noise=0.0), sizes)["generator"]
+    assert off.noise_dim == latent and not hasattr(off.voxel_noise, "log_sigma")
+    torch.testing.assert_close(gen.voxel_noise.log_sigma.exp(), torch.full((n_cells,), 0.5))
+    z, y = torch.randn(4, gen.noise_dim), torch.randn(4, 1)
+    z2 = torch.cat([z[:, :latent], torch.randn(4, n_cells)], 1)
+    a, b = gen(z, y), gen(z2, y)
+    assert (a - b).abs().amax() > 1e-3  # other per-cell noise: another shower …
+    torch.testing.assert_close(a.sum(1), b.sum(1))  # … sharing the same energy
+    zero = torch.cat([z[:, :latent], torch.zeros(4, n_cells)], 1)
+    gen.voxel_noise.log_sigma.data.fill_(-30.0)  # σ → 0: the noise columns no longer matter
+    torch.testing.assert_close(gen(zero, y), gen(z, y))
+    gen.voxel_noise.log_sigma.data.fill_(0.0)
+    gen(z, y).pow(2).sum().backward()
+    assert gen.voxel_noise.log_sigma.grad.abs().sum() > 0
+
+
 def test_unknown_model_kind_is_a_one_line_error():
     with pytest.raises(DetganError, match="model 'conv' unknown; use one of dense, lhcb-conv"):
         model_config_class("conv")

@@ -15,6 +15,7 @@ problems in :mod:`detgan.studies.calo`. References:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +30,7 @@ __all__ = [
     "LHCbConvConfig",
     "CaloChallengeModelConfig",
     "mlp",
+    "VoxelNoise",
     "DenseCaloGenerator",
     "DenseCaloCritic",
     "LHCbConvGenerator",
@@ -60,6 +62,7 @@ class DenseCaloConfig(Config):
     ``condition_layers`` (not in [K]): the label also carries one ±1 flag per layer (the layer
     has a cell above threshold or not); the generator gives the cells of flagged-empty layers no
     energy. At generation the flags are drawn from a training event of similar E_tot.
+    ``voxel_noise`` σ₀ > 0 (not in [K]): see :class:`VoxelNoise`.
     """
 
     latent_dim: int = 100
@@ -69,12 +72,14 @@ class DenseCaloConfig(Config):
     critic_log_scale: float = 0.0
     critic_layer_sums: bool = False
     condition_layers: bool = False
+    voxel_noise: float = 0.0
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
         require(self.hidden >= 1 and self.depth >= 1, "hidden and depth must be at least 1")
         require(0 <= self.leaky_slope < 1, "leaky_slope must lie in [0, 1)")
         require(self.critic_log_scale >= 0, "critic_log_scale must be >= 0 (0: linear input)")
+        require(self.voxel_noise >= 0, "voxel_noise must be >= 0 (0: off)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +136,8 @@ class CaloChallengeModelConfig(Config):
     ``condition_response``): the label also carries which layers have energy above E_min
     (±1 per layer), drawn at generation from the same training event as E_tot; the generator
     gives the empty layers no energy (their layer logits are masked), so the fraction of
-    showers with an empty layer is that of the training data at each E_inc."""
+    showers with an empty layer is that of the training data at each E_inc.
+    ``voxel_noise`` σ₀ > 0: see :class:`VoxelNoise`."""
 
     latent_dim: int = 64
     hidden: int = 256
@@ -144,11 +150,13 @@ class CaloChallengeModelConfig(Config):
     critic_mev_scale: float = 0.0
     condition_response: bool = False
     condition_layers: bool = False
+    voxel_noise: float = 0.0
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
         require(self.hidden >= 1 and self.depth >= 1, "hidden and depth must be at least 1")
         require(self.frac_scale > 0, "frac_scale must be positive")
+        require(self.voxel_noise >= 0, "voxel_noise must be >= 0 (0: off)")
         require(self.per_layer or not self.total_response, "total_response needs per_layer=true")
         require(self.critic_mev_scale >= 0, "critic_mev_scale must be >= 0 (0: fractions)")
         require(
@@ -192,6 +200,32 @@ def _as_2d(y: Tensor) -> Tensor:
     return y.reshape(len(y), -1)
 
 
+class VoxelNoise(nn.Module):
+    """Independent noise per cell on a generator's softmax logits (not in [K]):
+    logits + σ_v·ε_v, ε ~ N(0, 1) one per cell, σ_v = exp(ρ_v) learnt, σ_v = σ₀ at the start.
+
+    A softmax over the output of one MLP of a ``latent_dim``-dimensional noise gives cell
+    energies that vary together (a low-rank family of showers); real showers fluctuate cell by
+    cell (a log-normal factor per cell here). The ε are the last ``n_cells`` columns of the
+    generator's z, so a seeded z still fixes the shower. σ₀ = 0: off (no columns, no weights).
+    """
+
+    def __init__(self, n_cells: int, sigma0: float) -> None:
+        super().__init__()
+        self.n_cells = n_cells if sigma0 > 0 else 0
+        if self.n_cells:
+            self.log_sigma = nn.Parameter(torch.full((n_cells,), math.log(sigma0)))
+
+    def split(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """z (N, L + V) → (latent (N, L), ε (N, V)); ε None when off."""
+        if not self.n_cells:
+            return z, None
+        return z[:, : -self.n_cells], z[:, -self.n_cells :]
+
+    def forward(self, logits: Tensor, eps: Tensor | None) -> Tensor:
+        return logits if eps is None else logits + self.log_sigma.exp() * eps
+
+
 # ------------------------------------------------------------------------------------- [K]
 class DenseCaloGenerator(nn.Module):
     """Dense generator of [K]: (z (N, L), y (N, C)) → energy fractions (N, V), rows sum to 1.
@@ -209,8 +243,9 @@ class DenseCaloGenerator(nn.Module):
         layer_sizes: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        self.noise_dim, self.n_cells = config.latent_dim, n_cells
         c = config
+        self.voxel_noise = VoxelNoise(n_cells, c.voxel_noise)
+        self.noise_dim, self.n_cells = c.latent_dim + self.voxel_noise.n_cells, n_cells
         self.net = mlp(c.latent_dim + n_conditions, c.hidden, c.depth, n_cells, c.leaky_slope)
         self.n_flags = len(layer_sizes) if c.condition_layers else 0
         require(
@@ -223,7 +258,8 @@ class DenseCaloGenerator(nn.Module):
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         y = _as_2d(y)
-        logits = self.net(torch.cat([z, y], 1))
+        z, eps = self.voxel_noise.split(z)
+        logits = self.voxel_noise(self.net(torch.cat([z, y], 1)), eps)
         if self.n_flags:  # cells of layers flagged empty (−1) get no energy
             empty = (y[:, -self.n_flags :] < 0)[:, self.layer_of_cell]
             logits = logits.masked_fill(empty, -1e9)
@@ -494,10 +530,12 @@ class CaloChallengeGenerator(nn.Module):
     def __init__(self, layer_sizes: Sequence[int], config: CaloChallengeModelConfig) -> None:
         super().__init__()
         c = config
-        self.noise_dim, self.layer_sizes = c.latent_dim, [int(n) for n in layer_sizes]
+        self.layer_sizes = [int(n) for n in layer_sizes]
         self.per_layer, self.total_response = c.per_layer, c.total_response
         self.shares_only, self.masked = c.condition_response, c.condition_layers
         n_cells = sum(self.layer_sizes)
+        self.voxel_noise = VoxelNoise(n_cells, c.voxel_noise)
+        self.noise_dim = c.latent_dim + self.voxel_noise.n_cells
         n_resp = len(self.layer_sizes) + int(c.total_response) if c.per_layer else 1
         n_resp -= int(c.condition_response and c.total_response)
         n_in = c.latent_dim + c.label_width(len(self.layer_sizes))
@@ -507,8 +545,9 @@ class CaloChallengeGenerator(nn.Module):
         self.response = nn.Linear(c.hidden, n_resp)
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        z, eps = self.voxel_noise.split(z)
         h = self.act(self.trunk(torch.cat([z, _as_2d(y)], 1)))
-        logits, a = self.logits(h), self.response(h)
+        logits, a = self.voxel_noise(self.logits(h), eps), self.response(h)
         if self.shares_only:  # fractions of the conditional E_tot: rows sum to 1
             if self.masked:  # empty layers (flag −1 in the label's last columns) get nothing
                 empty = _as_2d(y)[:, -len(self.layer_sizes) :] < 0
