@@ -369,6 +369,29 @@ def test_voxel_noise_adds_one_learnt_noise_per_cell(kind, config, sizes):
     assert gen.voxel_noise.log_sigma.grad.abs().sum() > 0
 
 
+def test_calochallenge_layer_noise_moves_the_layer_shares():
+    """``layer_noise``: one more z column per layer share; other layer noise at the same
+    latent and voxel noise → other layer energies, the same E_tot."""
+    config = CaloChallengeModelConfig(
+        hidden=32, condition_response=True, voxel_noise=0.5, layer_noise=0.5
+    )
+    gen = build_calo_models("calochallenge", config, CC_SIZES)["generator"]
+    n_layers = len(CC_SIZES)
+    assert gen.noise_dim == config.latent_dim + sum(CC_SIZES) + n_layers
+    z, y = torch.randn(4, gen.noise_dim), torch.randn(4, 2)
+    z2 = torch.cat([z[:, :-n_layers], torch.randn(4, n_layers)], 1)
+    a, b = gen(z, y), gen(z2, y)
+
+    def layers(f):
+        return torch.stack([p.sum(1) for p in torch.split(f, list(CC_SIZES), 1)], 1)
+
+    assert (layers(a) - layers(b)).abs().amax() > 1e-3
+    torch.testing.assert_close(a.sum(1), torch.ones(4))
+    torch.testing.assert_close(b.sum(1), torch.ones(4))
+    for p_a, p_b in zip(torch.split(a, list(CC_SIZES), 1), torch.split(b, list(CC_SIZES), 1)):
+        torch.testing.assert_close(p_a / p_a.sum(1, keepdim=True), p_b / p_b.sum(1, keepdim=True))
+
+
 def test_unknown_model_kind_is_a_one_line_error():
     with pytest.raises(DetganError, match="model 'conv' unknown; use one of dense, lhcb-conv"):
         model_config_class("conv")

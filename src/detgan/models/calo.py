@@ -137,7 +137,9 @@ class CaloChallengeModelConfig(Config):
     (±1 per layer), drawn at generation from the same training event as E_tot; the generator
     gives the empty layers no energy (their layer logits are masked), so the fraction of
     showers with an empty layer is that of the training data at each E_inc.
-    ``voxel_noise`` σ₀ > 0: see :class:`VoxelNoise`."""
+    ``voxel_noise`` σ₀ > 0: see :class:`VoxelNoise`; ``layer_noise`` σ₀ > 0: the same on the
+    response logits (with ``condition_response``: one per layer share), for the heavy tails of
+    the layer energies."""
 
     latent_dim: int = 64
     hidden: int = 256
@@ -151,12 +153,14 @@ class CaloChallengeModelConfig(Config):
     condition_response: bool = False
     condition_layers: bool = False
     voxel_noise: float = 0.0
+    layer_noise: float = 0.0
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
         require(self.hidden >= 1 and self.depth >= 1, "hidden and depth must be at least 1")
         require(self.frac_scale > 0, "frac_scale must be positive")
         require(self.voxel_noise >= 0, "voxel_noise must be >= 0 (0: off)")
+        require(self.layer_noise >= 0, "layer_noise must be >= 0 (0: off)")
         require(self.per_layer or not self.total_response, "total_response needs per_layer=true")
         require(self.critic_mev_scale >= 0, "critic_mev_scale must be >= 0 (0: fractions)")
         require(
@@ -202,7 +206,8 @@ def _as_2d(y: Tensor) -> Tensor:
 
 class VoxelNoise(nn.Module):
     """Independent noise per cell on a generator's softmax logits (not in [K]):
-    logits + σ_v·ε_v, ε ~ N(0, 1) one per cell, σ_v = exp(ρ_v) learnt, σ_v = σ₀ at the start.
+    logits + σ_v·ε_v, ε ~ N(0, 1) one per cell, σ_v = exp(ρ_v) learnt, σ_v = σ₀ at the start
+    (also used with one "cell" per layer share, ``layer_noise``).
 
     A softmax over the output of one MLP of a ``latent_dim``-dimensional noise gives cell
     energies that vary together (a low-rank family of showers); real showers fluctuate cell by
@@ -534,10 +539,11 @@ class CaloChallengeGenerator(nn.Module):
         self.per_layer, self.total_response = c.per_layer, c.total_response
         self.shares_only, self.masked = c.condition_response, c.condition_layers
         n_cells = sum(self.layer_sizes)
-        self.voxel_noise = VoxelNoise(n_cells, c.voxel_noise)
-        self.noise_dim = c.latent_dim + self.voxel_noise.n_cells
         n_resp = len(self.layer_sizes) + int(c.total_response) if c.per_layer else 1
         n_resp -= int(c.condition_response and c.total_response)
+        self.voxel_noise = VoxelNoise(n_cells, c.voxel_noise)
+        self.layer_noise = VoxelNoise(n_resp, c.layer_noise)
+        self.noise_dim = c.latent_dim + self.voxel_noise.n_cells + self.layer_noise.n_cells
         n_in = c.latent_dim + c.label_width(len(self.layer_sizes))
         self.trunk = mlp(n_in, c.hidden, c.depth - 1, c.hidden, c.leaky_slope)
         self.act = nn.LeakyReLU(c.leaky_slope)
@@ -545,9 +551,13 @@ class CaloChallengeGenerator(nn.Module):
         self.response = nn.Linear(c.hidden, n_resp)
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        z, eps_layer = self.layer_noise.split(z)
         z, eps = self.voxel_noise.split(z)
         h = self.act(self.trunk(torch.cat([z, _as_2d(y)], 1)))
-        logits, a = self.voxel_noise(self.logits(h), eps), self.response(h)
+        logits, a = (
+            self.voxel_noise(self.logits(h), eps),
+            self.layer_noise(self.response(h), eps_layer),
+        )
         if self.shares_only:  # fractions of the conditional E_tot: rows sum to 1
             if self.masked:  # empty layers (flag −1 in the label's last columns) get nothing
                 empty = _as_2d(y)[:, -len(self.layer_sizes) :] < 0
