@@ -187,13 +187,15 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
     # fakes; EMA generator: docs/calo_models.md
     lhcb_ours = {"energy_sharing": True, "aligned_prior": True}
     # calochallenge quick/full: two stages (response and empty layers drawn from a training
-    # event, E_tot shared among the other layers), critic in MeV units
+    # event, E_tot shared among the other layers), critic in MeV units; one learnt noise per
+    # voxel (session 6: the widths and low-level features, results.md)
     cc_data = CaloDataConfig(threshold_fakes=True, keep_total=True)  # session 4: keep_total
     cc_ours = cc(
         condition_response=True,
         condition_layers=True,
         critic_mev_scale=1.0,
         critic_layer_fractions=True,
+        voxel_noise=0.5,
     )
     return {
         "dense": {  # [K]: 100 latent, 3 × 128, λ = 10, n_critic = 5, 1000 epochs
