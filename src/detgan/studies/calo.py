@@ -30,7 +30,6 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +97,7 @@ class CaloDataConfig(Config):
     ``keep_total`` (with thresholds applied to generated showers): the cells that pass are
     scaled up so that the shower keeps the total it had before the threshold — the energy that
     the conditions ask for (E_tot of the real files is the sum of the cells above threshold),
-    in training (with ``threshold_fakes``) and in generation; ``keep_layers``: the same per
-    layer — each layer's cells that pass are scaled back to the layer's total before the
-    threshold, so that the threshold moves no energy between layers (a layer with nothing left
-    stays empty; with ``keep_total`` too its energy then goes to the other layers)."""
+    in training (with ``threshold_fakes``) and in generation."""
 
     epochs: float = 0.0
     max_events: int = 0
@@ -112,7 +108,6 @@ class CaloDataConfig(Config):
     boxcox_shift: float = 1.0
     threshold_fakes: bool = False
     keep_total: bool = False
-    keep_layers: bool = False
 
     def validate(self) -> None:
         require(self.epochs >= 0, "epochs must be >= 0 (0: use iterations)")
@@ -271,22 +266,15 @@ def _cell_thresholds(layout: Any) -> np.ndarray:
     return out
 
 
-def _threshold(
-    cells: np.ndarray,
-    thresholds: Any,
-    keep_total: bool = False,
-    layer_sizes: Sequence[int] | None = None,
-) -> np.ndarray:
-    """Cells (N, V) below ``thresholds`` (V,) or a scalar zeroed; given ``layer_sizes``, the
-    rest of each layer is scaled back to the layer's sum before (``keep_layers``); then, with
-    ``keep_total``, each row back to its sum before (rows or layers with nothing left stay 0)."""
-    kept = torch.from_numpy(np.where(cells < thresholds, 0.0, cells))
-    before = torch.from_numpy(np.asarray(cells, np.float64))
-    if layer_sizes is not None:
-        kept = rescaled_layers(kept, before, layer_sizes)
-    if keep_total:
-        kept = rescaled_to(kept, before.sum(1))
-    return kept.numpy()
+def _threshold(cells: np.ndarray, thresholds: Any, keep_total: bool = False) -> np.ndarray:
+    """Cells (N, V) below ``thresholds`` (V,) or a scalar zeroed; ``keep_total``: the rest
+    scaled so that each row keeps its sum (rows with nothing left stay 0)."""
+    kept = np.where(cells < thresholds, 0.0, cells)
+    if not keep_total:
+        return kept
+    after = kept.sum(1, keepdims=True)
+    scale = np.divide(cells.sum(1, keepdims=True), after, out=np.ones_like(after), where=after > 0)
+    return kept * scale
 
 
 def _layer_sizes(layout: Any) -> list[int]:
@@ -558,13 +546,6 @@ def rescaled_to(kept: Tensor, total: Tensor) -> Tensor:
     return kept * scale[:, None]
 
 
-def rescaled_layers(kept: Tensor, before: Tensor, layer_sizes: Sequence[int]) -> Tensor:
-    """:func:`rescaled_to` per layer: each layer's block of ``kept`` (N, V) scaled to the sum of
-    the same block of ``before``; V = Σ ``layer_sizes`` in flat layer order."""
-    parts = zip(torch.split(kept, list(layer_sizes), 1), torch.split(before, list(layer_sizes), 1))
-    return torch.cat([rescaled_to(k, b.sum(1)) for k, b in parts], 1)
-
-
 def _problem(
     kind: str,
     setup: CaloSetup,
@@ -574,12 +555,11 @@ def _problem(
     energy: Tensor | None = None,
     thresholds: Tensor | None = None,
     transforms: dict[str, Transform] | None = None,
-    layer_sizes: Sequence[int] | None = None,
 ):
     """Real batches drawn with replacement; fakes carry the real batch's labels. Given
     ``energy`` (N,), the batch also carries the energy E that the fractions refer to (lhcb-conv
     with ``energy_sharing``: the real event's E_tot; its ``transforms`` map fakes to network
-    units). ``layer_sizes``: the layers for ``keep_layers``."""
+    units)."""
     require(not _lhcb_shares(setup) or energy is not None, "energy_sharing needs E_tot")
     to_net = _fake_to_net(kind, setup, transforms)
     gate = setup.data.threshold_fakes and (kind != "lhcb-conv" or _lhcb_shares(setup))
@@ -596,8 +576,6 @@ def _problem(
         if gate:
             flat = out.reshape(len(out), -1)
             out = straight_through_threshold(flat, batch["e"], thresholds)
-            if setup.data.keep_layers:
-                out = rescaled_layers(out, flat, layer_sizes)
             if setup.data.keep_total:
                 out = rescaled_to(out, flat.sum(1))
         return to_net(out, batch.get("e")), batch["y"]
@@ -708,17 +686,7 @@ def train_calo(
     noise_dim = models["generator"].noise_dim
     trainer = Trainer(
         {"generator": models["generator"], "critic": models["critic"]},
-        _problem(
-            kind,
-            setup,
-            x,
-            y,
-            noise_dim,
-            energy,
-            thresholds,
-            transforms,
-            _layer_sizes(showers.layout),
-        ),
+        _problem(kind, setup, x, y, noise_dim, energy, thresholds, transforms),
         setup.train,
         run_dir,
         config_json=setup.to_json(),
@@ -756,8 +724,7 @@ class CaloModel:
         E_tot (N,) MeV (dense), (N, 5) = p, point (mm) (lhcb-conv), E_inc (N,) MeV.
         lhcb-conv with ``energy_sharing``: fractions × E_tot (:func:`lhcb_totals`, seed + 7),
         cells below ``extra["cell_threshold"]`` zeroed. With ``keep_total`` the cells that
-        pass are scaled back to the shower's total before the threshold (``keep_layers``: each
-        layer's to the layer's total)."""
+        pass are scaled back to the shower's total before the threshold."""
         cond = np.asarray(cond, np.float64)
         n_e = _n_energies(self.setup)
         if _draws_conditions(self.setup) and cond.ndim == 1:  # stage 1: E_tot, empty layers
@@ -773,17 +740,16 @@ class CaloModel:
                 out.append(self.generator(z.to(self.device), yb.to(self.device)).double().cpu())
         raw = torch.cat(out)
         keep = self.setup.data.keep_total
-        layers = _layer_sizes(self.layout) if self.setup.data.keep_layers else None
         if _lhcb_shares(self.setup):
             e_tot = lhcb_totals(self.extra, cond, int(seed) + 7)
             cells = raw.reshape(len(raw), -1).numpy() * e_tot[:, None]
-            return _threshold(cells, float(self.extra["cell_threshold"]), keep, layers)
+            return _threshold(cells, float(self.extra["cell_threshold"]), keep)
         if self.kind == "lhcb-conv":
             cells = self.transforms["cells"].inverse(raw.reshape(len(raw), -1)).clamp_min(0)
         else:
             shared = np.clip(_shared_energy(cond, n_e), 0, None)
             cells = raw * torch.from_numpy(shared)[:, None]
-        return _threshold(cells.numpy(), _cell_thresholds(self.layout), keep, layers)
+        return _threshold(cells.numpy(), _cell_thresholds(self.layout), keep)
 
 
 def load_calo_model(run_dir: str | os.PathLike, device: str = "cpu") -> CaloModel:
