@@ -174,8 +174,9 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
     k_data = CaloDataConfig(max_total_energy=300e3)  # [K]: events above 300 GeV dropped
     c_data = CaloDataConfig(regressor_steps=300)
     # quick/full (not in [K]): critic on log-scaled fractions and layer sums, thresholds in
-    # training (straight-through), EMA generator: results.md, "Calorimeter WGANs"
-    k_ours = dense(critic_log_scale=1e-3, critic_layer_sums=True)
+    # training (straight-through), EMA generator, one learnt noise per cell (session 6):
+    # results.md, "Calorimeter WGANs"
+    k_ours = dense(critic_log_scale=1e-3, critic_layer_sums=True, voxel_noise=0.5)
     k_ours_data = k_data.replace(threshold_fakes=True)
     # lhcb-conv quick/full (not in [C18]): E_tot = |p|·r drawn, shared by a softmax over the
     # cells that starts from the mean shower aligned with each event's track; thresholded
