@@ -308,8 +308,29 @@ def test_lhcb_energy_sharing_shows_the_critic_thresholded_mev_images(data, tmp_p
     assert all(p.grad is not None for p in models["generator"].parameters())
 
 
+def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):
+    """``layer_prior``/``voxel_prior``: the saved tables are the log mean shares of the
+    training showers (layer shares and each layer's voxel shares, over the events with energy
+    in that layer, sum to ≈ 1 per grid point)."""
+    setup = _setup("calochallenge", layer_prior=True, voxel_prior=True)
+    run = train_calo(setup, data / "cc.h5", tmp_path / "r", progress=False)
+    gen = load_calo_model(run).generator
+    layers = gen.layer_prior.table.exp()
+    torch.testing.assert_close(layers.sum(1), torch.ones(len(layers)), rtol=1e-3, atol=1e-4)
+    first = gen.voxel_prior.table.exp()[:, : gen.layer_sizes[0]].sum(1)
+    seen = first > 1e-3  # grid points with a layer-0 shower nearby (the rest: floor only)
+    assert seen.sum() >= len(first) // 2
+    torch.testing.assert_close(first[seen], torch.ones(int(seen.sum())), rtol=1e-3, atol=1e-4)
+    assert gen.layer_prior.grid[0] < gen.layer_prior.grid[-1]
+
+
 @pytest.mark.parametrize(
-    "kind,extra", [("dense", {}), ("lhcb-conv", {"energy_sharing": True, "threshold_fakes": True})]
+    "kind,extra",
+    [
+        ("dense", {"voxel_prior": True}),
+        ("lhcb-conv", {"energy_sharing": True, "threshold_fakes": True}),
+        ("calochallenge", {"layer_prior": True, "voxel_prior": True, "critic_occupancy": True}),
+    ],
 )
 def test_resume_is_exact(kind, extra, data, tmp_path):
     setup = _setup(kind, iterations=6, **extra)

@@ -11,6 +11,7 @@ from detgan.models.calo import (
     CaloChallengeModelConfig,
     DenseCaloConfig,
     DenseCaloCritic,
+    EnergyPrior,
     LHCbConvConfig,
     aligned_coordinates,
     aligned_table,
@@ -390,6 +391,121 @@ def test_calochallenge_layer_noise_moves_the_layer_shares():
     torch.testing.assert_close(b.sum(1), torch.ones(4))
     for p_a, p_b in zip(torch.split(a, list(CC_SIZES), 1), torch.split(b, list(CC_SIZES), 1)):
         torch.testing.assert_close(p_a / p_a.sum(1, keepdim=True), p_b / p_b.sum(1, keepdim=True))
+
+
+def test_energy_prior_interpolates_the_mean_shares_per_energy():
+    """The table holds log mean shares at the training energies (exactly at discrete ones),
+    interpolates linearly in y₀ between them and is constant beyond the ends; 0 before fit."""
+    prior = EnergyPrior(3, n_points=8)
+    torch.testing.assert_close(prior(torch.zeros(2)), torch.zeros(2, 3))
+    y0 = torch.tensor([-1.0, -1.0, 0.0, 0.0, 1.0])
+    shares = torch.tensor(
+        [[0.6, 0.4, 0.0], [0.4, 0.6, 0.0], [0.2, 0.3, 0.5], [0.2, 0.3, 0.5], [0.1, 0.1, 0.8]]
+    )
+    prior.fit(y0, shares, floor=1e-6)
+    at = prior(torch.tensor([-1.0, 0.0, 1.0, 3.0, -0.5])).exp()
+    torch.testing.assert_close(at[0], torch.tensor([0.5, 0.5, 1e-6]), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(at[1], torch.tensor([0.2, 0.3, 0.5]), rtol=1e-4, atol=0)
+    torch.testing.assert_close(at[3], at[2])  # constant beyond the last training energy
+    mid = at[4]  # between −1 and 0: between the two tables (geometric interpolation)
+    assert 0.2 < mid[0] < 0.5 and 1e-6 < mid[2] < 0.5
+    assert EnergyPrior(0).add(torch.ones(2, 3), y0[:2]).equal(torch.ones(2, 3))
+
+
+def test_calochallenge_priors_give_the_untrained_generator_the_mean_shower():
+    """``layer_prior`` + ``voxel_prior`` with the network's own logits silenced: the
+    generated layer shares and within-layer voxel shares are the training means at each
+    E_inc; the network's logits still move them; the priors travel in the state dict."""
+    config = CaloChallengeModelConfig(
+        hidden=32, condition_response=True, layer_prior=True, voxel_prior=True
+    )
+    gen = build_calo_models("calochallenge", config, CC_SIZES)["generator"]
+    g = torch.Generator().manual_seed(0)
+    y0 = torch.tensor([-1.0, 1.0]).repeat_interleave(50)
+    depth = torch.linspace(0.2, 0.8, len(CC_SIZES)) ** torch.where(y0 > 0, 0.5, 2.0)[:, None]
+    cells = torch.cat(
+        [torch.rand(100, n, generator=g) * depth[:, k : k + 1] for k, n in enumerate(CC_SIZES)],
+        1,
+    )
+    gen.fit_priors(y0, cells)
+    for head in (gen.logits, gen.response):
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    y = torch.stack([torch.tensor([-1.0, 1.0]), torch.zeros(2)], 1)
+    out = gen(torch.randn(2, gen.noise_dim), y).double()
+    split = list(CC_SIZES)
+
+    def layers(f):
+        return torch.stack([p.sum(1) for p in torch.split(f, split, 1)], 1)
+
+    ref = torch.stack(
+        [layers(cells[y0 == v]) / cells[y0 == v].sum(1, keepdim=True) for v in (-1, 1)]
+    )
+    torch.testing.assert_close(layers(out), ref.mean(1).double(), rtol=1e-4, atol=1e-6)
+    first = cells[y0 == 1, : CC_SIZES[0]]
+    torch.testing.assert_close(
+        out[1, : CC_SIZES[0]] / out[1, : CC_SIZES[0]].sum(),
+        (first / first.sum(1, keepdim=True)).mean(0).double(),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    fresh = build_calo_models("calochallenge", config, CC_SIZES)["generator"]
+    fresh.load_state_dict(gen.state_dict())
+    torch.testing.assert_close(fresh.layer_prior.table, gen.layer_prior.table)
+    torch.nn.init.normal_(gen.response.weight)
+    assert (
+        layers(gen(torch.randn(2, gen.noise_dim), y).double()) - layers(out)
+    ).abs().amax() > 1e-3
+    with pytest.raises(DetganError, match="layer_prior needs condition_response"):
+        CaloChallengeModelConfig(layer_prior=True)
+
+
+def test_dense_voxel_prior_starts_from_the_mean_fractions_per_energy():
+    """dense ``voxel_prior``: with the network's output silenced the generated fractions are
+    the mean training fractions at the event's energy."""
+    config = DenseCaloConfig(latent_dim=10, hidden=32, voxel_prior=True)
+    gen = build_calo_models("dense", config, ATLAS_SIZES)["generator"]
+    g = torch.Generator().manual_seed(1)
+    y0 = torch.tensor([-1.0, 1.0]).repeat_interleave(40)
+    cells = torch.rand(80, sum(ATLAS_SIZES), generator=g) * (1 + 3 * (y0 > 0))[
+        :, None
+    ] ** torch.linspace(0, 1, 89)
+    gen.fit_priors(y0, cells)
+    last = [m for m in gen.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    out = gen(torch.randn(2, gen.noise_dim), torch.tensor([[-1.0], [1.0]])).double()
+    frac = (cells / cells.sum(1, keepdim=True)).double()
+    ref = torch.stack([frac[y0 == v].mean(0) for v in (-1.0, 1.0)])
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-7)
+    assert (ref[0] - ref[1]).abs().amax() > 1e-3  # the two energies have different showers
+
+
+def test_calochallenge_critic_occupancy_sees_each_layers_filled_fraction():
+    """``critic_occupancy``: one more critic input per layer, ≈ the fraction of its voxels
+    above m (tanh(x / log 2) per voxel: 0 for empty voxels, ≈ 1 well above, soft near m);
+    refused without MeV inputs."""
+    config = CaloChallengeModelConfig(hidden=32, critic_mev_scale=1.0, critic_occupancy=True)
+    critic = build_calo_models("calochallenge", config, CC_SIZES)["critic"]
+    seen = []
+    critic.net[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.zeros(2, sum(CC_SIZES))
+    x[0, :4] = np.log1p(1000.0)  # layer 0: 4 of 8 voxels far above 1 MeV
+    x[1, 8:48] = np.log1p(1000.0)  # layer 1: 40 of 160
+    critic(x, torch.zeros(2, 1))
+    occ = seen[0][:, sum(CC_SIZES) + len(CC_SIZES) : -1]
+    torch.testing.assert_close(occ[:, :2], torch.tensor([[0.5, 0.0], [0.0, 0.25]]))
+    assert occ[:, 2:].abs().sum() == 0
+    off = build_calo_models("calochallenge", config.replace(critic_occupancy=False), CC_SIZES)
+    assert critic.net[0].in_features == off["critic"].net[0].in_features + len(CC_SIZES)
+    near = torch.zeros(1, sum(CC_SIZES))
+    near[0, :8] = 0.5  # all of layer 0 just below log(2): soft, not yet counted as 1
+    critic(near, torch.zeros(1, 1))
+    torch.testing.assert_close(
+        seen[1][0, sum(CC_SIZES) + len(CC_SIZES)], torch.tanh(near[0, 0] / np.log(2))
+    )
+    with pytest.raises(DetganError, match="critic_occupancy needs critic_mev_scale"):
+        CaloChallengeModelConfig(critic_occupancy=True)
 
 
 def test_unknown_model_kind_is_a_one_line_error():

@@ -105,6 +105,23 @@ def test_refiner_levels_let_a_trace_depend_on_its_event(mask):
     assert lv[0, 4, 4, 1] < 0 and lv[:, 0, 0].abs().sum() == 0
 
 
+@pytest.mark.parametrize("kind, depends_on_event", [("absolute", False), ("relative", True)])
+def test_level_inputs_keep_one_channel(kind, depends_on_event):
+    """``level_inputs`` keeps one level channel: only the relative level ties a station's
+    refined trace to the event's hottest station; an unknown choice is refused."""
+    u = torch.zeros(2, 9, 9, 80)
+    u[:, 4, 4, 10:14] = torch.tensor([0.5, 1.0, 0.8, 0.2])
+    u[0, 2, 2, 10:20] = 3.0
+    both = Refiner(SMALL.replace(refiner_levels=True))._levels(u)
+    r = _alive(Refiner(SMALL.replace(refiner_levels=True, level_inputs=kind))).eval()
+    assert r.lift.in_channels == 2
+    torch.testing.assert_close(r._levels(u), both[:, [0] if kind == "absolute" else [1]])
+    out = r(u)
+    assert torch.allclose(out[0, 4, 4], out[1, 4, 4]) != depends_on_event
+    with pytest.raises(DetganError, match="level_inputs 'mixed' unknown"):
+        SMALL.replace(level_inputs="mixed")
+
+
 def test_paper_refiner_matches_table_3():
     """1 → 64 lift, four residual blocks of two 1×1×7 convolutions, 1×1×1 head."""
     r = Refiner(RefinerModelConfig())

@@ -58,7 +58,8 @@ class RefinerModelConfig(Config):
     a − max a (both of the input trace, divided by 4). The sim → data correction of a pulse
     depends on the station's distance to the axis (its muon/EM mix, ``airshower.md`` §8, §10),
     which a single trace does not show but its level within the event does; with this option a
-    station's refined trace depends on the event's hottest station too.
+    station's refined trace depends on the event's hottest station too. ``level_inputs``
+    (``both``, ``absolute``, ``relative``) keeps only one of the two channels (an ablation).
     """
 
     channels: int = 64
@@ -72,6 +73,7 @@ class RefinerModelConfig(Config):
     amplitude_features: bool = True
     critic_pulse_shape: bool = False
     refiner_levels: bool = False
+    level_inputs: str = "both"
     leaky_slope: float = 0.2
 
     def validate(self) -> None:
@@ -82,6 +84,14 @@ class RefinerModelConfig(Config):
             "critic_width and regressor_width must be at least 4",
         )
         require(0.0 <= self.leaky_slope < 1.0, "leaky_slope must lie in [0, 1)")
+        require(
+            self.level_inputs in _LEVEL_COLUMNS,
+            f"level_inputs '{self.level_inputs}' unknown; use one of {', '.join(_LEVEL_COLUMNS)}",
+        )
+
+
+#: columns of :meth:`Refiner._levels` kept per ``level_inputs`` (absolute a, relative a − max a)
+_LEVEL_COLUMNS = {"both": [0, 1], "absolute": [0], "relative": [1]}
 
 
 def _vem(u: Tensor) -> Tensor:
@@ -147,7 +157,8 @@ class Refiner(nn.Module):
         super().__init__()
         self.config = c = config or RefinerModelConfig()
         self.register_buffer("threshold", torch.tensor(float(threshold)))
-        self.n_levels = 2 if c.refiner_levels else 0
+        self.level_columns = _LEVEL_COLUMNS[c.level_inputs] if c.refiner_levels else []
+        self.n_levels = len(self.level_columns)
         self.lift = nn.Conv1d(1 + self.n_levels, c.channels, c.kernel, padding=c.kernel // 2)
         self.body = nn.Sequential(*[_ResBlock(c.channels, c.kernel) for _ in range(c.blocks)])
         self.head = nn.Conv1d(c.channels, 1, 1)
@@ -161,8 +172,8 @@ class Refiner(nn.Module):
 
     def _refine_stations(self, flat: Tensor) -> Tensor:
         """(K, T [+ levels]) station traces → (K, T) refined (lift, residual blocks, head,
-        ReLU); with ``refiner_levels`` the last two columns are the station's levels, fed to
-        the lift as constant channels."""
+        ReLU); with ``refiner_levels`` the last columns are the station's levels, fed to the
+        lift as constant channels."""
         t = flat.shape[-1] - self.n_levels
         h = flat[:, :t].unsqueeze(1)
         x = h
@@ -174,11 +185,13 @@ class Refiner(nn.Module):
         return torch.relu(out).squeeze(1)
 
     def _levels(self, u: Tensor) -> Tensor:
-        """(N, n, n, T) → (N·n·n, 2): a = log10(1 + S) and a − max_event a, divided by 4;
-        0 on stations without signal (so they stay inactive for :func:`on_active_stations`)."""
+        """(N, n, n, T) → (N·n·n, ≤ 2): a = log10(1 + S) and a − max_event a, divided by 4
+        (the columns of ``level_inputs``); 0 on stations without signal (so they stay inactive
+        for :func:`on_active_stations`)."""
         a = torch.log10(1.0 + station_signal(u.detach()).clamp_min(0.0))
         rel = (a - a.amax((1, 2), keepdim=True)) * (a > 0)
-        return (torch.stack([a, rel], -1) / 4.0).reshape(-1, 2)
+        levels = torch.stack([a, rel], -1)[..., self.level_columns] / 4.0
+        return levels.reshape(-1, self.n_levels)
 
     def forward(self, u: Tensor) -> Tensor:
         flat = u.reshape(-1, u.shape[-1])

@@ -667,6 +667,8 @@ def train_calo(
         models = build_calo_models(kind, setup.model, _layer_sizes(showers.layout))
         if _lhcb_shares(setup):  # softmax logits start from the mean training shower
             _set_lhcb_prior(models["generator"], setup, transforms, showers, cells, cond)
+        if kind != "lhcb-conv":  # mean shares per energy, if voxel_prior / layer_prior
+            models["generator"].fit_priors(y[:, 0].cpu(), torch.from_numpy(cells))
     models = {k: m.to(dev) for k, m in models.items()}
     extra = {
         "transforms": {k: t.state_dict() for k, t in transforms.items()},
