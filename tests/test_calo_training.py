@@ -22,6 +22,7 @@ from detgan.studies.calo import (
     conditions_from_spec,
     draw_conditions,
     draw_response,
+    energy_balance_weights,
     generate_calo,
     is_calo_run,
     lhcb_totals,
@@ -308,6 +309,30 @@ def test_lhcb_energy_sharing_shows_the_critic_thresholded_mev_images(data, tmp_p
     assert all(p.grad is not None for p in models["generator"].parameters())
 
 
+def test_energy_balance_weights_make_every_energy_equally_frequent():
+    """Discrete energies with 50:10:2 events are drawn 1:1:1 with the weights; a continuous
+    uniform spread keeps (nearly) equal weights."""
+    log_e = torch.tensor([0.0] * 50 + [1.0] * 10 + [2.0] * 2)
+    w = energy_balance_weights(log_e)
+    share = torch.stack([w[log_e == v].sum() for v in (0.0, 1.0, 2.0)]) / w.sum()
+    torch.testing.assert_close(share, torch.full((3,), 1 / 3, dtype=share.dtype))
+    flat = energy_balance_weights(torch.linspace(-1, 1, 3000))
+    assert float(flat.max() / flat.min()) < 1.1
+
+
+def test_balance_energies_trains_and_is_refused_for_lhcb(data, tmp_path):
+    setup = _setup("calochallenge", balance_energies=True)
+    run = train_calo(setup, data / "cc.h5", tmp_path / "r", progress=False)
+    assert load_calo_model(run).setup.data.balance_energies
+    with pytest.raises(DetganError, match="balance_energies is for dense and calochallenge"):
+        train_calo(
+            _setup("lhcb-conv", balance_energies=True),
+            data / "lhcb.npz",
+            tmp_path / "l",
+            progress=False,
+        )
+
+
 def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):
     """``layer_prior``/``voxel_prior``: the saved tables are the log mean shares of the
     training showers (layer shares and each layer's voxel shares, over the events with energy
@@ -329,7 +354,15 @@ def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):
     [
         ("dense", {"voxel_prior": True}),
         ("lhcb-conv", {"energy_sharing": True, "threshold_fakes": True}),
-        ("calochallenge", {"layer_prior": True, "voxel_prior": True, "critic_occupancy": True}),
+        (
+            "calochallenge",
+            {
+                "layer_prior": True,
+                "voxel_prior": True,
+                "critic_occupancy": True,
+                "balance_energies": True,
+            },
+        ),
     ],
 )
 def test_resume_is_exact(kind, extra, data, tmp_path):

@@ -68,6 +68,7 @@ __all__ = [
     "run_calo_study",
     "straight_through_threshold",
     "response_table",
+    "energy_balance_weights",
     "draw_response",
     "draw_conditions",
     "lhcb_stage1",
@@ -97,7 +98,11 @@ class CaloDataConfig(Config):
     ``keep_total`` (with thresholds applied to generated showers): the cells that pass are
     scaled up so that the shower keeps the total it had before the threshold — the energy that
     the conditions ask for (E_tot of the real files is the sum of the cells above threshold),
-    in training (with ``threshold_fakes``) and in generation."""
+    in training (with ``threshold_fakes``) and in generation. ``balance_energies`` (dense,
+    calochallenge): real events are drawn with weights that make every range of the
+    conditioning log energy equally frequent (:func:`energy_balance_weights`), so that rare
+    energies (the few TeV showers of CaloChallenge dataset 1) train as often as common ones;
+    the fakes carry the same labels, so the conditional model is unchanged."""
 
     epochs: float = 0.0
     max_events: int = 0
@@ -108,6 +113,7 @@ class CaloDataConfig(Config):
     boxcox_shift: float = 1.0
     threshold_fakes: bool = False
     keep_total: bool = False
+    balance_energies: bool = False
 
     def validate(self) -> None:
         require(self.epochs >= 0, "epochs must be >= 0 (0: use iterations)")
@@ -547,6 +553,17 @@ def rescaled_to(kept: Tensor, total: Tensor) -> Tensor:
     return kept * scale[:, None]
 
 
+def energy_balance_weights(log_e: Tensor, bins: int = 30) -> Tensor:
+    """(N,) sampling weights 1/count of each event's bin among ``bins`` equal-width bins of
+    ``log_e`` (the standardised log energy): drawn with these weights, every occupied bin is
+    equally frequent (each discrete energy of CaloChallenge dataset 1 has its own bin)."""
+    lo, hi = float(log_e.min()), float(log_e.max())
+    width = (hi - lo) / bins if hi > lo else 1.0
+    which = ((log_e - lo) / width).long().clamp(0, bins - 1)
+    counts = torch.bincount(which, minlength=bins).double()
+    return 1.0 / counts[which]
+
+
 def _problem(
     kind: str,
     setup: CaloSetup,
@@ -566,8 +583,18 @@ def _problem(
     gate = setup.data.threshold_fakes and (kind != "lhcb-conv" or _lhcb_shares(setup))
     require(not gate or energy is not None, "threshold_fakes needs the events' energies")
 
+    require(
+        kind != "lhcb-conv" or not setup.data.balance_energies,
+        "balance_energies is for dense and calochallenge (one conditioning energy)",
+    )
+    weights = energy_balance_weights(y[:, 0].cpu()) if setup.data.balance_energies else None
+
     def sample_real(n: int, rng: torch.Generator) -> dict[str, Tensor]:
-        idx = torch.randint(len(x), (n,), generator=rng).to(x.device)
+        if weights is None:
+            idx = torch.randint(len(x), (n,), generator=rng)
+        else:
+            idx = torch.multinomial(weights, n, replacement=True, generator=rng)
+        idx = idx.to(x.device)
         batch = {"x": x[idx], "y": y[idx]}
         return batch if energy is None else {**batch, "e": energy[idx]}
 
