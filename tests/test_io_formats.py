@@ -293,3 +293,17 @@ def test_showers_object_checks_shapes(samples):
     assert set(s.images()) == {"layer_0", "layer_1", "layer_2"}
     both = Showers.concat([s.select(slice(0, 10)), s.select(slice(10, 40))])
     np.testing.assert_array_equal(both.cells, s.cells)
+
+
+@pytest.mark.parametrize("others", [[], ["layer_0"], ["showers"]])
+def test_undecodable_dataset_names_give_a_one_line_error(tmp_path, others):
+    """A damaged file whose root names h5py cannot decode (returned as bytes) is refused in one
+    line naming what it has, whichever format it looks like (found by the slow fuzz test)."""
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(b"\xff\xfeab", data=np.zeros(3))
+        for name in others:
+            f.create_dataset(name, data=np.zeros((3, 2)))
+    with pytest.raises(DetganError, match=r"(it has|datasets): .*ab") as info:
+        load_showers(path)
+    assert "\n" not in str(info.value)

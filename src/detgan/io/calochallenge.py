@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from detgan.io.native import H5Writer, check_read_size, open_h5
+from detgan.io.native import H5Writer, check_read_size, open_h5, root_names
 from detgan.io.showers import Showers, check_real, describe_events, nonfinite_events
 from detgan.sim.geometry import (
     BINNINGS,
@@ -152,7 +152,7 @@ def _check_layout(f: h5py.File, path: Any) -> tuple[int, list[str]]:
     """Both datasets present, real, 2-D showers, (N, 1) or (N,) energies, equal N."""
     for name in DATASETS:
         if name not in f or not isinstance(f[name], h5py.Dataset):
-            have = ", ".join(sorted(f.keys())) or "none"
+            have = ", ".join(root_names(f)) or "none"
             raise DetganError(
                 f"file '{path}' has no dataset '{name}' (it has: {have}); a CaloChallenge file "
                 "needs 'incident_energies' and 'showers'"
@@ -175,7 +175,7 @@ def _check_layout(f: h5py.File, path: Any) -> tuple[int, list[str]]:
         )
     if showers.shape[0] == 0:
         raise DetganError(f"file '{path}' holds no events")
-    extra = sorted(set(f.keys()) - set(DATASETS))
+    extra = sorted(set(root_names(f)) - set(DATASETS))
     notices = [f"file '{path}': ignoring extra root objects {', '.join(extra)}"] if extra else []
     return showers.shape[0], notices
 

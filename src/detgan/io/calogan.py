@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from detgan.io.native import H5Writer, check_read_size, open_h5
+from detgan.io.native import H5Writer, check_read_size, open_h5, root_names
 from detgan.io.showers import Showers, check_real, describe_events, nonfinite_events
 from detgan.sim.geometry import CALOGAN, Layout
 from detgan.utils import DetganError
@@ -34,7 +34,7 @@ def _check_layout(f: h5py.File, path: Any) -> tuple[int, bool]:
         if name not in f or not isinstance(f[name], h5py.Dataset):
             if name == "overflow":
                 continue
-            have = ", ".join(sorted(f.keys())) or "none"
+            have = ", ".join(root_names(f)) or "none"
             raise DetganError(
                 f"file '{path}' has no dataset '{name}' (it has: {have}); a CaloGAN file needs "
                 "'energy', 'layer_0', 'layer_1', 'layer_2'"

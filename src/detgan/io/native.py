@@ -24,6 +24,7 @@ __all__ = [
     "H5Writer",
     "write_arrays",
     "open_h5",
+    "root_names",
     "read_attrs",
     "read_arrays",
     "iter_chunks",
@@ -149,6 +150,12 @@ def write_arrays(
     return Path(path)
 
 
+def root_names(f: h5py.File) -> list[str]:
+    """Sorted names of a file's root objects as text (a damaged file can carry names that
+    h5py cannot decode and returns as bytes)."""
+    return sorted(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in f.keys())
+
+
 @contextlib.contextmanager
 def open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     """Open an HDF5 file for reading, turning missing or corrupt files into one-line errors."""
@@ -230,7 +237,7 @@ def _validate_layout(
     lengths = set()
     for name in names:
         if name not in f:
-            have = ", ".join(sorted(f.keys())) or "none"
+            have = ", ".join(root_names(f)) or "none"
             raise DetganError(f"file '{path}' has no dataset '{name}' (it has: {have})")
         ds = f[name]
         if not isinstance(ds, h5py.Dataset):

@@ -47,7 +47,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from detgan.io.native import H5Writer, check_read_size, open_h5
+from detgan.io.native import H5Writer, check_read_size, open_h5, root_names
 from detgan.sim.geometry import Layout, layout_from_dict
 from detgan.utils import DetganError
 
@@ -299,7 +299,7 @@ def detect_format(path: str | os.PathLike) -> str:
     if path.suffix == ".npz":
         return "lhcb"
     with open_h5(path) as f:
-        names = set(f.keys())
+        names = set(root_names(f))
         if f.attrs.get("format") in (NATIVE_FORMAT, NATIVE_FORMAT.encode()):
             return "native"
     if {"showers", "incident_energies"} & names:
