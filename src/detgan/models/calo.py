@@ -259,8 +259,9 @@ class EnergyPrior(nn.Module):
     generator already has the mean shower of each energy and the network learns the event's
     deviations from it. Zero (no effect) until :meth:`fit`; ``n_cells`` 0: off.
 
-    Showers whose energy is rare in training (CaloChallenge dataset 1 has 356 of 50 000 at
-    4 TeV) otherwise pull the mean shares of the common energies towards them."""
+    Meant for energies that are rare in training (CaloChallenge dataset 1 has 356 of 50 000
+    showers at 4 TeV, where the generated layer-12 share was half the reference's); measured
+    in docs/results.md (session 7): the adversarial training still pulls them away."""
 
     def __init__(self, n_cells: int, n_points: int = 32) -> None:
         super().__init__()
