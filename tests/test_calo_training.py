@@ -331,6 +331,7 @@ def test_balance_energies_trains_and_is_refused_for_lhcb(data, tmp_path):
             tmp_path / "l",
             progress=False,
         )
+    assert not (tmp_path / "l").exists()  # refused before anything is written
 
 
 def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):

@@ -225,6 +225,11 @@ def _as_2d(y: Tensor) -> Tensor:
     return y.reshape(len(y), -1)
 
 
+def _layer_sums(t: Tensor, layer_sizes: Sequence[int]) -> Tensor:
+    """(N, V) values in flat layer order → (N, L) sums per layer."""
+    return torch.stack([p.sum(1) for p in torch.split(t, list(layer_sizes), dim=1)], 1)
+
+
 class VoxelNoise(nn.Module):
     """Independent noise per cell on a generator's softmax logits (not in [K]):
     logits + σ_v·ε_v, ε ~ N(0, 1) one per cell, σ_v = exp(ρ_v) learnt, σ_v = σ₀ at the start
@@ -287,7 +292,8 @@ class EnergyPrior(nn.Module):
         for k in range(len(grid)):
             rows = nearest == k
             if not rows.any():
-                rows = (y0 - grid[k]).abs() == (y0 - grid[k]).abs().min()
+                dist = (y0 - grid[k]).abs()
+                rows = dist == dist.min()
             table[k] = torch.log(torch.nanmean(shares[rows], 0).nan_to_num(0.0) + floor)
         self.grid.copy_(grid)
         self.table.copy_(table)
@@ -385,8 +391,7 @@ class DenseCaloCritic(nn.Module):
         x = x.reshape(len(x), -1)
         parts = [self._scaled(x)]
         if self.layer_sizes:
-            sums = torch.stack([p.sum(1) for p in torch.split(x, self.layer_sizes, dim=1)], 1)
-            parts.append(self._scaled(sums))
+            parts.append(self._scaled(_layer_sums(x, self.layer_sizes)))
         return self.net(torch.cat([*parts, _as_2d(y)], 1)).squeeze(1)
 
 
@@ -637,11 +642,10 @@ class CaloChallengeGenerator(nn.Module):
         """Set ``layer_prior``/``voxel_prior`` from the training showers: standardised
         log E_inc y₀ (N,) and energies ``cells`` (N, V) in flat layer order."""
         cells = cells.double()
-        parts = torch.split(cells, self.layer_sizes, dim=1)
-        layers = torch.stack([p.sum(1) for p in parts], 1)
+        layers = _layer_sums(cells, self.layer_sizes)
         self.layer_prior.fit(y0, layers / layers.sum(1, keepdim=True).clamp_min(1e-30))
         if self.per_layer:  # each voxel's share of its layer (events with the layer empty: NaN)
-            own = torch.cat([p.sum(1, keepdim=True).expand_as(p) for p in parts], 1)
+            own = torch.repeat_interleave(layers, torch.tensor(self.layer_sizes), dim=1)
         else:
             own = cells.sum(1, keepdim=True)
         self.voxel_prior.fit(y0, torch.where(own > 0, cells / own, torch.nan))
@@ -689,15 +693,13 @@ class CaloChallengeCritic(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         if not self.fractions:
-            sums = torch.stack([p.sum(1) for p in torch.split(x, self.layer_sizes, dim=1)], 1)
+            sums = _layer_sums(x, self.layer_sizes)
         else:
-            frac = self.scale * torch.expm1(x.clamp_min(0))
-            layers = torch.stack([p.sum(1) for p in torch.split(frac, self.layer_sizes, 1)], 1)
+            layers = _layer_sums(self.scale * torch.expm1(x.clamp_min(0)), self.layer_sizes)
             sums = torch.log1p(torch.cat([layers, layers.sum(1, keepdim=True)], 1) / self.scale)
         if self.occupancy:
-            soft = torch.tanh(x / math.log(2.0))
-            occ = [p.mean(1) for p in torch.split(soft, self.layer_sizes, dim=1)]
-            sums = torch.cat([sums, torch.stack(occ, 1)], 1)
+            filled = _layer_sums(torch.tanh(x / math.log(2.0)), self.layer_sizes)
+            sums = torch.cat([sums, filled / x.new_tensor(self.layer_sizes)], 1)
         return self.net(torch.cat([x, sums, _as_2d(y)], 1)).squeeze(1)
 
 

@@ -583,10 +583,6 @@ def _problem(
     gate = setup.data.threshold_fakes and (kind != "lhcb-conv" or _lhcb_shares(setup))
     require(not gate or energy is not None, "threshold_fakes needs the events' energies")
 
-    require(
-        kind != "lhcb-conv" or not setup.data.balance_energies,
-        "balance_energies is for dense and calochallenge (one conditioning energy)",
-    )
     weights = energy_balance_weights(y[:, 0].cpu()) if setup.data.balance_energies else None
 
     def sample_real(n: int, rng: torch.Generator) -> dict[str, Tensor]:
@@ -665,6 +661,10 @@ def train_calo(
     exactly from the checkpoint (its stored configuration wins). ``until`` stops early at that
     iteration. Returns the run directory.
     """
+    require(
+        setup.model_kind != "lhcb-conv" or not setup.data.balance_energies,
+        "balance_energies is for dense and calochallenge (one conditioning energy)",
+    )
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume, overwrite)
     dev = resolve_device(device)
