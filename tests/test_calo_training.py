@@ -21,6 +21,7 @@ from detgan.studies.calo import (
     calo_preset,
     conditions_from_spec,
     draw_conditions,
+    draw_flow_conditions,
     draw_response,
     energy_balance_weights,
     generate_calo,
@@ -209,6 +210,36 @@ def test_calochallenge_condition_response_shares_the_drawn_total(data, tmp_path)
     assert flags.shape == layers.shape and (layers[flags == 0] == 0).all()
 
 
+def test_layer_flow_is_trained_first_saved_and_gives_the_layer_energies(data, tmp_path):
+    """``layer_flow``: the stage-1 flow is trained before the WGAN and stored in the
+    checkpoint; generated showers keep the drawn empty layers and the flow's E_tot (quick:
+    ``keep_total``), and their layer energies are the flow's where nothing is thresholded."""
+    setup = _setup("calochallenge", layer_flow=True, layer_flow_steps=20)
+    run = train_calo(setup, data / "cc.h5", tmp_path / "run", progress=False)
+    model = load_calo_model(run)
+    stage1 = model.extra["layer_flow"]
+    assert np.isfinite(stage1["loss"]) and set(stage1["state"]) >= {"mean", "std", "masks"}
+    e_inc = np.full(40, 65536.0)
+    cells = model.sample(e_inc, seed=0)
+    cond = draw_flow_conditions(
+        stage1, draw_conditions(model.extra["response_table"], e_inc, 7), 11
+    )
+    n_layers = len(model.layout.relevant_layers)
+    assert cond.shape == (40, 2 + 2 * n_layers)
+    np.testing.assert_allclose(cond[:, 2 + n_layers :].sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(cells.sum(1), cond[:, 1], rtol=1e-5)
+    layout = model.layout
+    layers = np.stack([cells[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+    assert (layers[cond[:, 2 : 2 + n_layers] == 0] == 0).all()
+    loose = model.setup.data.replace(keep_total=False)
+    model.setup = dataclasses.replace(model.setup, data=loose)
+    model.layout = dataclasses.replace(layout, e_min=0.0)  # no threshold: exactly the flow's
+    layers = model.sample(e_inc, seed=0)
+    drawn = cond[:, 1:2] * cond[:, 2 + n_layers :]
+    got = np.stack([layers[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+    np.testing.assert_allclose(got, drawn, rtol=1e-4, atol=1e-6 * drawn.max())
+
+
 def test_dense_condition_layers_draw_empty_layers_by_cluster_energy(data, tmp_path):
     setup = _setup("dense", condition_layers=True)
     run = train_calo(setup, data / "atlas.h5", tmp_path / "run", progress=False)
@@ -364,6 +395,7 @@ def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):
                 "balance_energies": True,
             },
         ),
+        ("calochallenge", {"layer_flow": True, "layer_flow_steps": 20}),
     ],
 )
 def test_resume_is_exact(kind, extra, data, tmp_path):

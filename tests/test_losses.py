@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -69,3 +71,17 @@ def test_self_regularisation_is_weighted_per_event_l1():
     inputs = torch.zeros(2, 2)
     assert losses.self_regularisation(refined, inputs, 0.5) == 0.5 * (2.0 + 0.0) / 2
     assert losses.self_regularisation(refined, inputs) == 0.0
+
+
+def test_integral_regularisation_ties_station_levels_not_pulse_shapes():
+    """Mean over stations with signal of |Δ log10(1 + S)|: moving a pulse in time costs
+    nothing, doubling a station's signal costs log10 of about 2; empty stations don't count."""
+    to_u = lambda s: torch.log10(1.0 + torch.tensor(s, dtype=torch.float32))  # noqa: E731
+    inputs = to_u([[[0.0, 9.0, 90.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # (1 event, 2 stations, T)
+    shifted = to_u([[[9.0, 90.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0]]])
+    assert losses.integral_regularisation(shifted, inputs, 1.0).item() == pytest.approx(0, abs=1e-5)
+    doubled = to_u([[[0.0, 18.0, 180.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    expected = 0.5 * np.log10(199.0 / 100.0)
+    got = losses.integral_regularisation(doubled, inputs, 0.5).item()
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert losses.integral_regularisation(doubled, inputs).item() == 0.0

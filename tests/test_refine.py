@@ -104,6 +104,11 @@ def test_problem_draws_data_with_a_sim_source_and_regularises():
     # w · mean over features |ψ(u) − u| = 2 · 0.5
     assert problem.extra_generator_loss(fake, batch).item() == pytest.approx(1.0)
     assert refiner_problem(sim, data).extra_generator_loss is None
+    tied = refiner_problem(sim + 0.5, data, integral_regularisation=3.0)  # sources with signal
+    batch = tied.sample_real(5, torch.Generator().manual_seed(0))
+    fake, _ = tied.sample_fake(lambda u: u, batch, torch.Generator())
+    assert tied.extra_generator_loss(fake, batch).item() == 0.0  # unchanged integrals: no cost
+    assert tied.extra_generator_loss(fake + 0.1, batch).item() > 0
 
 
 def test_training_writes_history_and_resumes_exactly(files, run, tmp_path):

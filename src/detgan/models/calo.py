@@ -32,6 +32,7 @@ __all__ = [
     "mlp",
     "VoxelNoise",
     "EnergyPrior",
+    "LayerEnergyFlow",
     "DenseCaloGenerator",
     "DenseCaloCritic",
     "LHCbConvGenerator",
@@ -149,7 +150,12 @@ class CaloChallengeModelConfig(Config):
     ``critic_occupancy`` (with ``critic_mev_scale`` m, best m = E_min): the critic also sees
     each layer's occupancy, the mean over its voxels of tanh(x / log 2), x = log(1 + E/m):
     ≈ the fraction of voxels above m, with a gradient for the voxels near it (the sparsity
-    that the voxel inputs show only one by one)."""
+    that the voxel inputs show only one by one).
+    ``layer_flow`` (with ``condition_layers``): the label also carries each layer's share of
+    E_tot and the generator shares E_tot exactly so (it only shares within the layers); at
+    generation E_tot and the shares come from a separately trained stage-1 flow
+    (:class:`LayerEnergyFlow`, ``layer_flow_steps`` Adam steps before the WGAN) given E_inc
+    and the drawn empty layers, as CaloFlow's flow I (arXiv:2106.05285)."""
 
     latent_dim: int = 64
     hidden: int = 256
@@ -167,9 +173,20 @@ class CaloChallengeModelConfig(Config):
     layer_prior: bool = False
     voxel_prior: bool = False
     critic_occupancy: bool = False
+    layer_flow: bool = False
+    layer_flow_steps: int = 8000
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
+        require(
+            self.condition_layers or not self.layer_flow,
+            "layer_flow needs condition_layers=true (and condition_response=true)",
+        )
+        require(
+            not self.layer_flow or not (self.layer_prior or self.layer_noise > 0),
+            "layer_flow gives the layer energies; drop layer_prior and layer_noise",
+        )
+        require(self.layer_flow_steps >= 1, "layer_flow_steps must be at least 1")
         require(
             self.condition_response or not self.layer_prior,
             "layer_prior needs condition_response=true",
@@ -195,8 +212,9 @@ class CaloChallengeModelConfig(Config):
 
     def label_width(self, n_layers: int) -> int:
         """Label columns: (log E_inc), (log E_inc, log E_tot) with ``condition_response``,
-        plus one occupancy flag per layer with ``condition_layers``."""
-        return self.n_conditions + (n_layers if self.condition_layers else 0)
+        plus one occupancy flag per layer with ``condition_layers`` and one share of E_tot per
+        layer with ``layer_flow``."""
+        return self.n_conditions + n_layers * (int(self.condition_layers) + int(self.layer_flow))
 
     @property
     def n_conditions(self) -> int:
@@ -308,6 +326,91 @@ class EnergyPrior(nn.Module):
     def add(self, logits: Tensor, y0: Tensor) -> Tensor:
         """``logits`` + the table at y₀ (``logits`` unchanged when off)."""
         return logits + self(y0) if self.n_cells else logits
+
+
+class LayerEnergyFlow(nn.Module):
+    """Stage 1 of ``layer_flow`` (not in [K]): a conditional normalising flow for a shower's
+    L layer energies, in the spirit of CaloFlow's flow I (arXiv:2106.05285); here affine
+    couplings (RealNVP, Dinh et al., arXiv:1605.08803) whose scale and shift are MLPs of the
+    untouched coordinates and the condition c = (standardised log E_inc, ±1 occupancy flag per
+    layer; the flags are drawn with the response table, :mod:`detgan.studies.calo`).
+
+    Coordinates: u_l = (log(E_l/E_inc) − μ_l)/σ_l for the layers with energy (μ, σ over the
+    training events where the layer has energy, set by :meth:`fit_scales`); an empty layer's
+    u_l is N(0, 1) noise in training and ignored in sampling (its flag says it is empty). The
+    couplings alternate between partitions of the layers by the bits of their index, so every
+    pair of layers is split by some coupling; the last linear layer of each coupling starts at
+    zero (identity flow)."""
+
+    def __init__(self, n_layers: int, hidden: int = 128, couplings: int = 8) -> None:
+        super().__init__()
+        self.n_layers = n_layers
+        for name, value in (("mean", 0.0), ("std", 1.0)):
+            self.register_buffer(name, torch.full((n_layers,), value, dtype=torch.float64))
+            self.register_buffer(f"energy_{name}", torch.tensor(value, dtype=torch.float64))
+        idx = torch.arange(n_layers)
+        bits = max(1, math.ceil(math.log2(max(n_layers, 2))))
+        masks = [((idx >> ((k // 2) % bits)) & 1) ^ (k % 2) for k in range(couplings)]
+        self.register_buffer("masks", torch.stack(masks).float())
+        self.nets = nn.ModuleList(
+            mlp(2 * n_layers + 1, hidden, 2, 2 * n_layers) for _ in range(couplings)
+        )
+        for net in self.nets:
+            nn.init.zeros_(net[-1].weight)
+            nn.init.zeros_(net[-1].bias)
+
+    @torch.no_grad()
+    def fit_scales(self, e_inc: Tensor, layers: Tensor) -> None:
+        """μ, σ of log(E_l/E_inc) over the events with energy in layer l, and of log10 E_inc."""
+        e_inc, layers = e_inc.double().cpu(), layers.double().cpu()
+        log_e = torch.log10(e_inc)
+        self.energy_mean.fill_(log_e.mean())
+        self.energy_std.fill_(log_e.std().clamp_min(1e-6) if len(log_e) > 1 else 1.0)
+        log_f = torch.log(layers.clamp_min(1e-300) / e_inc[:, None])
+        for k in range(self.n_layers):
+            v = log_f[layers[:, k] > 0, k]
+            self.mean[k] = v.mean() if len(v) else 0.0
+            self.std[k] = v.std().clamp_min(1e-3) if len(v) > 1 else 1.0
+
+    def encode(self, e_inc: Tensor, layers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(E_inc (N,), layer energies (N, L)) → (u (N, L) float, c (N, 1 + L) float,
+        occupied (N, L) bool); u of empty layers is 0 (fill them before :meth:`log_prob`)."""
+        e_inc, layers = e_inc.double(), layers.double()
+        filled = layers > 0
+        log_f = torch.log(torch.where(filled, layers, 1.0) / e_inc[:, None])
+        u = torch.where(filled, (log_f - self.mean) / self.std, 0.0)
+        return u.float(), self.condition(e_inc, filled), filled
+
+    def condition(self, e_inc: Tensor, filled: Tensor) -> Tensor:
+        """c (N, 1 + L): standardised log10 E_inc and +1/−1 per layer with energy / empty."""
+        y0 = (torch.log10(e_inc.double()) - self.energy_mean) / self.energy_std
+        return torch.cat([y0[:, None], 2.0 * filled.double() - 1.0], 1).float()
+
+    def _scale_shift(self, k: int, u: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        keep = self.masks[k]
+        s, t = self.nets[k](torch.cat([u * keep, c], 1)).chunk(2, 1)
+        return 2.0 * torch.tanh(s / 2.0) * (1.0 - keep), t * (1.0 - keep)
+
+    def log_prob(self, u: Tensor, c: Tensor) -> Tensor:
+        """(N,) log density of the coordinates u (N, L) given c (N, 1 + L)."""
+        log_det = u.new_zeros(len(u))
+        for k in range(len(self.nets)):
+            s, t = self._scale_shift(k, u, c)
+            u = u * s.exp() + t
+            log_det = log_det + s.sum(1)
+        return log_det - 0.5 * (u**2).sum(1) - 0.5 * self.n_layers * math.log(2 * math.pi)
+
+    @torch.no_grad()
+    def draw(self, e_inc: Tensor, filled: Tensor, generator: torch.Generator) -> Tensor:
+        """(N, L) layer energies (units of E_inc) for E_inc (N,) and the layers with energy
+        ``filled`` (N, L) bool; empty layers get 0."""
+        c = self.condition(e_inc, filled)
+        u = torch.randn(len(c), self.n_layers, generator=generator).to(c)
+        for k in reversed(range(len(self.nets))):
+            s, t = self._scale_shift(k, u, c)
+            u = (u - t) * (-s).exp()
+        layers = torch.exp(u.double() * self.std + self.mean) * e_inc.double()[:, None]
+        return torch.where(filled, layers, 0.0)
 
 
 # ------------------------------------------------------------------------------------- [K]
@@ -624,6 +727,7 @@ class CaloChallengeGenerator(nn.Module):
         self.layer_sizes = [int(n) for n in layer_sizes]
         self.per_layer, self.total_response = c.per_layer, c.total_response
         self.shares_only, self.masked = c.condition_response, c.condition_layers
+        self.flags_at, self.given_shares = c.n_conditions, c.layer_flow
         n_cells = sum(self.layer_sizes)
         n_resp = len(self.layer_sizes) + int(c.total_response) if c.per_layer else 1
         n_resp -= int(c.condition_response and c.total_response)
@@ -650,22 +754,27 @@ class CaloChallengeGenerator(nn.Module):
             own = cells.sum(1, keepdim=True)
         self.voxel_prior.fit(y0, torch.where(own > 0, cells / own, torch.nan))
 
+    def _response(self, h: Tensor, y: Tensor, eps_layer: Tensor | None) -> Tensor:
+        """(N, L) layer fractions (of E_inc, or shares of E_tot with ``condition_response``)."""
+        a = self.layer_noise(self.layer_prior.add(self.response(h), y[:, 0]), eps_layer)
+        if self.shares_only:  # fractions of the conditional E_tot: rows sum to 1
+            if self.masked:  # empty layers (flag −1 after the energies) get nothing
+                empty = y[:, self.flags_at : self.flags_at + len(self.layer_sizes)] < 0
+                a = a.masked_fill(empty, -1e9)
+            return torch.softmax(a, 1)
+        if self.total_response:
+            return F.softplus(a[:, :1]) * torch.softmax(a[:, 1:], 1)
+        return F.softplus(a)
+
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         z, eps_layer = self.layer_noise.split(z)
         z, eps = self.voxel_noise.split(z)
         y = _as_2d(y)
         h = self.act(self.trunk(torch.cat([z, y], 1)))
         logits = self.voxel_noise(self.voxel_prior.add(self.logits(h), y[:, 0]), eps)
-        a = self.layer_noise(self.layer_prior.add(self.response(h), y[:, 0]), eps_layer)
-        if self.shares_only:  # fractions of the conditional E_tot: rows sum to 1
-            if self.masked:  # empty layers (flag −1 in the label's last columns) get nothing
-                empty = y[:, -len(self.layer_sizes) :] < 0
-                a = a.masked_fill(empty, -1e9)
-            resp = torch.softmax(a, 1)
-        elif self.total_response:
-            resp = F.softplus(a[:, :1]) * torch.softmax(a[:, 1:], 1)
-        else:
-            resp = F.softplus(a)
+        resp = (
+            y[:, -len(self.layer_sizes) :] if self.given_shares else self._response(h, y, eps_layer)
+        )
         if not self.per_layer:
             return torch.softmax(logits, 1) * resp
         parts = torch.split(logits, self.layer_sizes, dim=1)

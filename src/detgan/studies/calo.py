@@ -40,7 +40,13 @@ from torch import Tensor, nn
 from detgan import __version__
 from detgan.config import Config, pick_preset, require
 from detgan.io.showers import Showers, detect_format, load_showers, save_showers
-from detgan.models.calo import MODEL_KINDS, aligned_table, build_calo_models, model_config_class
+from detgan.models.calo import (
+    MODEL_KINDS,
+    LayerEnergyFlow,
+    aligned_table,
+    build_calo_models,
+    model_config_class,
+)
 from detgan.observables_lhcb import Z_SM_MM, lhcb_pitch_mm
 from detgan.sim.geometry import layout_from_dict
 from detgan.train import (
@@ -330,7 +336,8 @@ def _fit_transforms(kind: str, cells: np.ndarray, cond: np.ndarray, setup: CaloS
 
 # Raw conditions of dense/calochallenge runs: the energy E_tot (dense) or E_inc, (N,); with
 # ``condition_response`` the columns (E_inc, E_tot); with ``condition_layers`` one 0/1
-# occupancy flag per layer follows the energy column(s). lhcb-conv: the 5 LHCb conditions.
+# occupancy flag per layer follows the energy column(s), with ``layer_flow`` then one share of
+# E_tot per layer. lhcb-conv: the 5 LHCb conditions.
 def _n_energies(setup: CaloSetup) -> int:
     """Energy columns of the raw conditions: 2 with ``condition_response``, else 1."""
     return 2 if _conditions_response(setup) else 1
@@ -349,9 +356,17 @@ def _shared_energy(cond: np.ndarray, n_energies: int) -> np.ndarray:
     return cond if cond.ndim == 1 else cond[:, n_energies - 1]
 
 
-def _label(kind: str, transforms: dict[str, Transform], cond: np.ndarray, n_energies: int = 1):
+def _label(
+    kind: str,
+    transforms: dict[str, Transform],
+    cond: np.ndarray,
+    n_energies: int = 1,
+    shares: bool = False,
+) -> Tensor:
     """Network label (N, C) float32 from raw conditions: LHCb conditions standardised,
-    otherwise standardised log10 energies (non-positive ones taken as 1 MeV) and ±1 flags."""
+    otherwise standardised log10 energies (non-positive ones taken as 1 MeV) and ±1 flags;
+    with ``shares`` (``layer_flow``) the second half of the columns after the energies are
+    the layer shares of E_tot, passed as they are."""
     cond = np.asarray(cond, np.float64)
     if kind == "lhcb-conv":
         return transforms["label"].forward(torch.from_numpy(cond)).float().reshape(len(cond), -1)
@@ -359,8 +374,9 @@ def _label(kind: str, transforms: dict[str, Transform], cond: np.ndarray, n_ener
     c = torch.log10(torch.from_numpy(np.where(e > 0, e, 1.0)))
     label = transforms["label"].forward(c).float().reshape(len(cond), -1)
     if cond.ndim == 2 and cond.shape[1] > n_energies:
-        flags = torch.from_numpy(2 * cond[:, n_energies:] - 1).float()
-        label = torch.cat([label, flags], 1)
+        rest = torch.from_numpy(cond[:, n_energies:]).float()
+        n_flags = rest.shape[1] // 2 if shares else rest.shape[1]
+        label = torch.cat([label, 2 * rest[:, :n_flags] - 1, rest[:, n_flags:]], 1)
     return label
 
 
@@ -424,10 +440,13 @@ def _draws_conditions(setup: CaloSetup) -> bool:
     return _conditions_response(setup) or bool(getattr(setup.model, "condition_layers", False))
 
 
-def _occupancy(cells: np.ndarray, layout: Any) -> np.ndarray:
-    """(N, L) 1.0 where a (relevant) layer has energy, else 0.0."""
-    slices = [layout.layer_slice(k) for k in layout.relevant_layers]
-    return np.stack([cells[:, s].sum(1) > 0 for s in slices], 1).astype(np.float64)
+def _layer_energies(cells: np.ndarray, layout: Any) -> np.ndarray:
+    """(N, L) energy of each (relevant) layer."""
+    return np.stack([cells[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+
+
+def _uses_flow(setup: CaloSetup) -> bool:
+    return setup.model_kind == "calochallenge" and bool(setup.model.layer_flow)
 
 
 def response_table(cond: np.ndarray, n_energies: int = 2, limit: int = 20_000) -> dict[str, list]:
@@ -512,8 +531,12 @@ def _load_training(path: str | os.PathLike, setup: CaloSetup, max_events: int):
         cols = [cond[:, None]]
         if _conditions_response(setup):  # (E_inc, E_tot)
             cols.append(cells.sum(1)[:, None])
-        if setup.model.condition_layers:
-            cols.append(_occupancy(cells, layout))
+        if setup.model.condition_layers:  # occupancy flags [, layer shares of E_tot]
+            layers = _layer_energies(cells, layout)
+            cols.append((layers > 0).astype(np.float64))
+            if _uses_flow(setup):
+                total = layers.sum(1, keepdims=True)
+                cols.append(np.divide(layers, total, out=np.zeros_like(layers), where=total > 0))
         cond = np.concatenate(cols, 1) if len(cols) > 1 else cond
         shared = _shared_energy(cond, _n_energies(setup))
         keep &= shared > 0  # events with nothing above threshold are dropped
@@ -636,6 +659,69 @@ def pretrain_regressor(
     return loss.item()
 
 
+def train_layer_flow(
+    flow: LayerEnergyFlow,
+    e_inc: Tensor,
+    layers: Tensor,
+    steps: int,
+    seed: int,
+    batch: int = 512,
+    lr: float = 1e-3,
+    progress: bool = False,
+) -> float:
+    """Stage 1 of ``layer_flow``: fit the flow's scales, then ``steps`` Adam updates (cosine
+    learning rate) of the negative log-likelihood of the layer energies (N, L) given E_inc
+    (N,); an empty layer's coordinate is fresh N(0, 1) noise in every batch. Returns the mean
+    loss of the last 100 steps."""
+    flow.fit_scales(e_inc, layers)
+    u, c, filled = flow.encode(e_inc, layers)
+    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    rng, losses = torch.Generator().manual_seed(seed + 2), []
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(steps), desc="stage-1 flow", disable=not progress, dynamic_ncols=True):
+        idx = torch.randint(len(u), (batch,), generator=rng)
+        ub = torch.where(filled[idx], u[idx], torch.randn(batch, u.shape[1], generator=rng))
+        loss = -flow.log_prob(ub, c[idx]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    flow.eval()
+    tail = float(np.mean(losses[-100:]))
+    if not math.isfinite(tail):
+        raise DetganError(
+            "the stage-1 layer flow diverged; lower layer_flow_steps or check the data"
+        )
+    return tail
+
+
+def draw_flow_conditions(flow_state: dict[str, Any], cond: np.ndarray, seed: int) -> np.ndarray:
+    """Stage 1 of ``layer_flow``: raw conditions (E_inc, E_tot, flags) → (E_inc, E_tot,
+    flags, shares) with the layer energies of the occupied layers drawn from the flow (E_tot
+    their sum)."""
+    flow = _layer_flow(flow_state)
+    n_layers = flow.n_layers
+    e_inc = torch.from_numpy(cond[:, 0])
+    filled = torch.from_numpy(cond[:, 2 : 2 + n_layers] > 0)
+    layers = flow.draw(e_inc, filled, torch.Generator().manual_seed(seed)).numpy()
+    total = layers.sum(1, keepdims=True)
+    shares = np.divide(layers, total, out=np.zeros_like(layers), where=total > 0)
+    return np.concatenate([cond[:, :1], total, cond[:, 2 : 2 + n_layers], shares], 1)
+
+
+def _layer_flow(flow_state: dict[str, Any]) -> LayerEnergyFlow:
+    """The stage-1 flow stored in a checkpoint's ``extra["layer_flow"]``."""
+    state = flow_state["state"]
+    flow = LayerEnergyFlow(
+        len(state["mean"]), int(flow_state["hidden"]), int(flow_state["couplings"])
+    )
+    flow.load_state_dict(state)
+    return flow.eval()
+
+
 def _resolved(setup: CaloSetup, n: int) -> CaloSetup:
     t = setup.train
     if setup.data.epochs <= 0:
@@ -680,7 +766,7 @@ def train_calo(
         transforms = _fit_transforms(kind, cells, cond, setup)
     n_e = _n_energies(setup)
     x = _to_net(kind, setup, transforms, cells, cond).to(dev)
-    y = _label(kind, transforms, cond, n_e).to(dev)
+    y = _label(kind, transforms, cond, n_e, _uses_flow(setup)).to(dev)
     energy, thr, stage1 = None, _cell_thresholds(showers.layout), {}
     if kind != "lhcb-conv":
         energy = torch.from_numpy(_shared_energy(cond, n_e)).float().to(dev)
@@ -708,6 +794,11 @@ def train_calo(
         "data_path": str(Path(data_path).resolve()),
         "package_version": __version__,
     }
+    if _uses_flow(setup):  # stage 1, trained once before the WGAN and kept on resume
+        if state is not None:
+            extra["layer_flow"] = state["extra"]["layer_flow"]
+        else:
+            extra["layer_flow"] = _fit_layer_flow(setup, cond, cells, showers.layout, progress)
     if state is None and "regressor" in models:
         d, t = setup.data, setup.train
         extra["regressor_loss"] = pretrain_regressor(
@@ -729,6 +820,21 @@ def train_calo(
         (run_dir / CONFIG_NAME).write_text(json.dumps(json.loads(setup.to_json()), indent=2))
     trainer.run(until=until)
     return run_dir
+
+
+def _fit_layer_flow(setup: CaloSetup, cond, cells, layout, progress: bool) -> dict[str, Any]:
+    """Train the ``layer_flow`` stage 1 on the training events (seeded by the run's seed);
+    its weights, sizes and last loss for the checkpoint's ``extra``."""
+    hidden, couplings = 128, 8
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(setup.train.seed + 3)
+        flow = LayerEnergyFlow(len(layout.relevant_layers), hidden, couplings)
+    layers = torch.from_numpy(_layer_energies(cells, layout))
+    steps = setup.model.layer_flow_steps
+    loss = train_layer_flow(
+        flow, torch.from_numpy(cond[:, 0]), layers, steps, setup.train.seed, progress=progress
+    )
+    return {"state": flow.state_dict(), "hidden": hidden, "couplings": couplings, "loss": loss}
 
 
 # --------------------------------------------------------------------------------- generation
@@ -760,8 +866,10 @@ class CaloModel:
         if _draws_conditions(self.setup) and cond.ndim == 1:  # stage 1: E_tot, empty layers
             energy = np.where(cond > 0, cond, 1.0)
             cond = draw_conditions(self.extra["response_table"], energy, int(seed) + 7)
+            if _uses_flow(self.setup):  # E_tot and the layer shares from the stage-1 flow
+                cond = draw_flow_conditions(self.extra["layer_flow"], cond, int(seed) + 11)
         rng = torch.Generator().manual_seed(int(seed))
-        y = _label(self.kind, self.transforms, cond, n_e)
+        y = _label(self.kind, self.transforms, cond, n_e, _uses_flow(self.setup))
         out = []
         with torch.no_grad():
             for start in range(0, len(y), batch_size):

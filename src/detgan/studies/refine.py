@@ -85,16 +85,21 @@ class RefineDataConfig(Config):
     ``holdout``: the last fraction of both files is never used for training (the study
     evaluates on it). ``max_events`` caps the training events per file (0: all).
     ``threshold``: trigger threshold of the gate in VEM (0: the data file's
-    ``trigger_threshold``).
+    ``trigger_threshold``). ``integral_regularisation`` w: the generator also minimises
+    w · mean over stations with signal of |log10(1 + S_refined) − log10(1 + S_sim)|, S the
+    station's time-integrated signal (:func:`detgan.losses.integral_regularisation`; not in
+    the paper, default 0).
     """
 
     self_regularisation: float = 0.0
     holdout: float = 0.25
     max_events: int = 0
     threshold: float = 0.0
+    integral_regularisation: float = 0.0
 
     def validate(self) -> None:
         require(self.self_regularisation >= 0, "self_regularisation must be >= 0")
+        require(self.integral_regularisation >= 0, "integral_regularisation must be >= 0")
         require(0.0 <= self.holdout < 1.0, "holdout must lie in [0, 1)")
         require(self.max_events >= 0, "max_events must be >= 0 (0: all events)")
         require(self.threshold >= 0, "threshold must be >= 0 (0: from the data file)")
@@ -213,10 +218,14 @@ def count_events(path: str | os.PathLike) -> int:
 
 
 def refiner_problem(
-    sim: Tensor, data: Tensor, self_regularisation: float = 0.0
+    sim: Tensor,
+    data: Tensor,
+    self_regularisation: float = 0.0,
+    integral_regularisation: float = 0.0,
 ) -> AdversarialProblem:
     """Real batches of 'data' with a 'source' batch of 'sim' drawn alongside (with replacement);
-    fakes are ψ(source); the critic is unconditional; optional SimGAN self-regularisation."""
+    fakes are ψ(source); the critic is unconditional; optional SimGAN self-regularisation and
+    station-integral tie."""
 
     def sample_real(n: int, rng: torch.Generator) -> dict[str, Tensor]:
         i = torch.randint(len(data), (n,), generator=rng).to(data.device)
@@ -227,11 +236,13 @@ def refiner_problem(
         return refiner(batch["source"]), None
 
     extra = None
-    if self_regularisation > 0:
+    if self_regularisation > 0 or integral_regularisation > 0:
 
         def extra(fake: Tensor, batch: dict[str, Tensor]) -> Tensor:
             d = fake[0].numel()  # per-feature mean: weight independent of the trace size
-            return losses.self_regularisation(fake, batch["source"], self_regularisation / d)
+            src = batch["source"]
+            tie = losses.integral_regularisation(fake, src, integral_regularisation)
+            return losses.self_regularisation(fake, src, self_regularisation / d) + tie
 
     return AdversarialProblem(sample_real, sample_fake, lambda c, u, _y: c(u), extra)
 
@@ -318,7 +329,10 @@ def train_refiner(
         "package_version": __version__,
         "transform": _LOG.state_dict(),
     }
-    problem = refiner_problem(sim.to(dev), data.to(dev), setup.data.self_regularisation)
+    d = setup.data
+    problem = refiner_problem(
+        sim.to(dev), data.to(dev), d.self_regularisation, d.integral_regularisation
+    )
     trainer = Trainer(
         models,
         problem,
