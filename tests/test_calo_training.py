@@ -114,6 +114,12 @@ def test_keep_total_scales_the_cells_that_pass_back_to_the_shower_total():
     torch.testing.assert_close(out.detach(), torch.from_numpy(kept / 100).float())
     out.sum().backward()
     assert torch.isfinite(frac.grad).all() and frac.grad[0].abs().sum() > 0
+    # keep_layers: each layer (here cells 0–1 and 2–3) keeps its own total
+    by_layer = _threshold(cells, 10.0, keep_total=True, layer_sizes=[2, 2])
+    np.testing.assert_allclose(by_layer, [[50, 30, 20, 0], [0, 0, 0, 0]])
+    layers = torch.stack([frac[:, :2].sum(1), frac[:, 2:].sum(1)], 1).detach()
+    out = rescaled_to(gated, layers, [2, 2])
+    torch.testing.assert_close(out.detach(), torch.from_numpy(by_layer / 100).float())
 
 
 @pytest.mark.parametrize("kind", ["dense", "calochallenge"])
@@ -238,6 +244,11 @@ def test_layer_flow_is_trained_first_saved_and_gives_the_layer_energies(data, tm
     drawn = cond[:, 1:2] * cond[:, 2 + n_layers :]
     got = np.stack([layers[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
     np.testing.assert_allclose(got, drawn, rtol=1e-4, atol=1e-6 * drawn.max())
+    model.layout = layout  # keep_layers: every layer with a voxel above E_min keeps the flow's
+    model.setup = dataclasses.replace(model.setup, data=loose.replace(keep_layers=True))
+    kept = model.sample(e_inc, seed=0)
+    got = np.stack([kept[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+    np.testing.assert_allclose(got[got > 0], drawn[got > 0], rtol=1e-5)
 
 
 def test_dense_condition_layers_draw_empty_layers_by_cluster_energy(data, tmp_path):
@@ -363,6 +374,9 @@ def test_balance_energies_trains_and_is_refused_for_lhcb(data, tmp_path):
             progress=False,
         )
     assert not (tmp_path / "l").exists()  # refused before anything is written
+    with pytest.raises(DetganError, match="keep_layers is for dense and calochallenge"):
+        train_calo(_setup("lhcb-conv", keep_layers=True), data / "lhcb.npz", tmp_path / "l")
+    assert not (tmp_path / "l").exists()
 
 
 def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):
@@ -395,7 +409,7 @@ def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):
                 "balance_energies": True,
             },
         ),
-        ("calochallenge", {"layer_flow": True, "layer_flow_steps": 20}),
+        ("calochallenge", {"layer_flow": True, "layer_flow_steps": 20, "keep_layers": True}),
     ],
 )
 def test_resume_is_exact(kind, extra, data, tmp_path):

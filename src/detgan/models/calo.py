@@ -30,6 +30,7 @@ __all__ = [
     "LHCbConvConfig",
     "CaloChallengeModelConfig",
     "mlp",
+    "layer_sums",
     "VoxelNoise",
     "EnergyPrior",
     "LayerEnergyFlow",
@@ -243,7 +244,7 @@ def _as_2d(y: Tensor) -> Tensor:
     return y.reshape(len(y), -1)
 
 
-def _layer_sums(t: Tensor, layer_sizes: Sequence[int]) -> Tensor:
+def layer_sums(t: Tensor, layer_sizes: Sequence[int]) -> Tensor:
     """(N, V) values in flat layer order → (N, L) sums per layer."""
     return torch.stack([p.sum(1) for p in torch.split(t, list(layer_sizes), dim=1)], 1)
 
@@ -494,7 +495,7 @@ class DenseCaloCritic(nn.Module):
         x = x.reshape(len(x), -1)
         parts = [self._scaled(x)]
         if self.layer_sizes:
-            parts.append(self._scaled(_layer_sums(x, self.layer_sizes)))
+            parts.append(self._scaled(layer_sums(x, self.layer_sizes)))
         return self.net(torch.cat([*parts, _as_2d(y)], 1)).squeeze(1)
 
 
@@ -746,7 +747,7 @@ class CaloChallengeGenerator(nn.Module):
         """Set ``layer_prior``/``voxel_prior`` from the training showers: standardised
         log E_inc y₀ (N,) and energies ``cells`` (N, V) in flat layer order."""
         cells = cells.double()
-        layers = _layer_sums(cells, self.layer_sizes)
+        layers = layer_sums(cells, self.layer_sizes)
         self.layer_prior.fit(y0, layers / layers.sum(1, keepdim=True).clamp_min(1e-30))
         if self.per_layer:  # each voxel's share of its layer (events with the layer empty: NaN)
             own = torch.repeat_interleave(layers, torch.tensor(self.layer_sizes), dim=1)
@@ -802,12 +803,12 @@ class CaloChallengeCritic(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         if not self.fractions:
-            sums = _layer_sums(x, self.layer_sizes)
+            sums = layer_sums(x, self.layer_sizes)
         else:
-            layers = _layer_sums(self.scale * torch.expm1(x.clamp_min(0)), self.layer_sizes)
+            layers = layer_sums(self.scale * torch.expm1(x.clamp_min(0)), self.layer_sizes)
             sums = torch.log1p(torch.cat([layers, layers.sum(1, keepdim=True)], 1) / self.scale)
         if self.occupancy:
-            filled = _layer_sums(torch.tanh(x / math.log(2.0)), self.layer_sizes)
+            filled = layer_sums(torch.tanh(x / math.log(2.0)), self.layer_sizes)
             sums = torch.cat([sums, filled / x.new_tensor(self.layer_sizes)], 1)
         return self.net(torch.cat([x, sums, _as_2d(y)], 1)).squeeze(1)
 

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from detgan.models.calo import (
     LayerEnergyFlow,
     aligned_table,
     build_calo_models,
+    layer_sums,
     model_config_class,
 )
 from detgan.observables_lhcb import Z_SM_MM, lhcb_pitch_mm
@@ -104,7 +106,10 @@ class CaloDataConfig(Config):
     ``keep_total`` (with thresholds applied to generated showers): the cells that pass are
     scaled up so that the shower keeps the total it had before the threshold — the energy that
     the conditions ask for (E_tot of the real files is the sum of the cells above threshold),
-    in training (with ``threshold_fakes``) and in generation. ``balance_energies`` (dense,
+    in training (with ``threshold_fakes``) and in generation; ``keep_layers`` (dense,
+    calochallenge, implies ``keep_total``): each layer keeps the total it had before the
+    threshold instead (with ``layer_flow`` the layer energies are then the stage-1 flow's
+    wherever a voxel passes). ``balance_energies`` (dense,
     calochallenge): real events are drawn with weights that make every range of the
     conditioning log energy equally frequent (:func:`energy_balance_weights`), so that rare
     energies (the few TeV showers of CaloChallenge dataset 1) train as often as common ones;
@@ -119,6 +124,7 @@ class CaloDataConfig(Config):
     boxcox_shift: float = 1.0
     threshold_fakes: bool = False
     keep_total: bool = False
+    keep_layers: bool = False
     balance_energies: bool = False
 
     def validate(self) -> None:
@@ -279,15 +285,23 @@ def _cell_thresholds(layout: Any) -> np.ndarray:
     return out
 
 
-def _threshold(cells: np.ndarray, thresholds: Any, keep_total: bool = False) -> np.ndarray:
+def _threshold(
+    cells: np.ndarray,
+    thresholds: Any,
+    keep_total: bool = False,
+    layer_sizes: Sequence[int] | None = None,
+) -> np.ndarray:
     """Cells (N, V) below ``thresholds`` (V,) or a scalar zeroed; ``keep_total``: the rest
-    scaled so that each row keeps its sum (rows with nothing left stay 0)."""
+    scaled so that each row keeps its sum (rows with nothing left stay 0), or with
+    ``layer_sizes`` (cells per layer in flat order) so that each layer keeps its sum."""
     kept = np.where(cells < thresholds, 0.0, cells)
     if not keep_total:
         return kept
-    after = kept.sum(1, keepdims=True)
-    scale = np.divide(cells.sum(1, keepdims=True), after, out=np.ones_like(after), where=after > 0)
-    return kept * scale
+    sizes = list(layer_sizes or [cells.shape[1]])
+    starts = np.cumsum([0, *sizes[:-1]])
+    before, after = (np.add.reduceat(a, starts, axis=1) for a in (cells, kept))
+    scale = np.divide(before, after, out=np.ones_like(after), where=after > 0)
+    return kept * np.repeat(scale, sizes, axis=1)
 
 
 def _layer_sizes(layout: Any) -> list[int]:
@@ -567,13 +581,15 @@ def straight_through_threshold(frac: Tensor, energy: Tensor, thresholds: Tensor)
     return frac + (frac * keep - frac).detach()
 
 
-def rescaled_to(kept: Tensor, total: Tensor) -> Tensor:
+def rescaled_to(kept: Tensor, total: Tensor, layer_sizes: Sequence[int] | None = None) -> Tensor:
     """Rows of ``kept`` (N, V) scaled to sum to ``total`` (N,); rows summing to 0 unchanged
-    (and without a gradient through the scale)."""
-    after = kept.sum(1)
+    (and without a gradient through the scale). With ``layer_sizes`` (cells per layer, flat
+    order) each layer's cells are scaled to its ``total`` (N, L) instead."""
+    sizes = list(layer_sizes or [kept.shape[1]])
+    after = layer_sums(kept, sizes)
     ok = after > 0
-    scale = torch.where(ok, total / torch.where(ok, after, torch.ones_like(after)), 1.0)
-    return kept * scale[:, None]
+    scale = torch.where(ok, total.reshape(after.shape) / torch.where(ok, after, 1.0), 1.0)
+    return kept * torch.repeat_interleave(scale, torch.tensor(sizes, device=kept.device), dim=1)
 
 
 def energy_balance_weights(log_e: Tensor, bins: int = 30) -> Tensor:
@@ -596,11 +612,12 @@ def _problem(
     energy: Tensor | None = None,
     thresholds: Tensor | None = None,
     transforms: dict[str, Transform] | None = None,
+    sizes: Sequence[int] = (),
 ):
     """Real batches drawn with replacement; fakes carry the real batch's labels. Given
     ``energy`` (N,), the batch also carries the energy E that the fractions refer to (lhcb-conv
     with ``energy_sharing``: the real event's E_tot; its ``transforms`` map fakes to network
-    units)."""
+    units). ``sizes``: cells per layer (flat order), for ``keep_layers``."""
     require(not _lhcb_shares(setup) or energy is not None, "energy_sharing needs E_tot")
     to_net = _fake_to_net(kind, setup, transforms)
     gate = setup.data.threshold_fakes and (kind != "lhcb-conv" or _lhcb_shares(setup))
@@ -623,7 +640,9 @@ def _problem(
         if gate:
             flat = out.reshape(len(out), -1)
             out = straight_through_threshold(flat, batch["e"], thresholds)
-            if setup.data.keep_total:
+            if setup.data.keep_layers:
+                out = rescaled_to(out, layer_sums(flat, sizes), sizes)
+            elif setup.data.keep_total:
                 out = rescaled_to(out, flat.sum(1))
         return to_net(out, batch.get("e")), batch["y"]
 
@@ -751,6 +770,10 @@ def train_calo(
         setup.model_kind != "lhcb-conv" or not setup.data.balance_energies,
         "balance_energies is for dense and calochallenge (one conditioning energy)",
     )
+    require(
+        setup.model_kind != "lhcb-conv" or not setup.data.keep_layers,
+        "keep_layers is for dense and calochallenge (showers in layers)",
+    )
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume, overwrite)
     dev = resolve_device(device)
@@ -777,7 +800,8 @@ def train_calo(
     thresholds = torch.from_numpy(thr).float().to(dev)
     with torch.random.fork_rng(devices=[]):  # weight initialisation from the run's seed only
         torch.manual_seed(setup.train.seed)
-        models = build_calo_models(kind, setup.model, _layer_sizes(showers.layout))
+        sizes = _layer_sizes(showers.layout)
+        models = build_calo_models(kind, setup.model, sizes)
         if _lhcb_shares(setup):  # softmax logits start from the mean training shower
             _set_lhcb_prior(models["generator"], setup, transforms, showers, cells, cond)
         if kind != "lhcb-conv":  # mean shares per energy, if voxel_prior / layer_prior
@@ -807,7 +831,7 @@ def train_calo(
     noise_dim = models["generator"].noise_dim
     trainer = Trainer(
         {"generator": models["generator"], "critic": models["critic"]},
-        _problem(kind, setup, x, y, noise_dim, energy, thresholds, transforms),
+        _problem(kind, setup, x, y, noise_dim, energy, thresholds, transforms, sizes),
         setup.train,
         run_dir,
         config_json=setup.to_json(),
@@ -877,7 +901,7 @@ class CaloModel:
                 z = torch.randn(len(yb), self.generator.noise_dim, generator=rng)
                 out.append(self.generator(z.to(self.device), yb.to(self.device)).double().cpu())
         raw = torch.cat(out)
-        keep = self.setup.data.keep_total
+        keep = self.setup.data.keep_total or self.setup.data.keep_layers
         if _lhcb_shares(self.setup):
             e_tot = lhcb_totals(self.extra, cond, int(seed) + 7)
             cells = raw.reshape(len(raw), -1).numpy() * e_tot[:, None]
@@ -887,7 +911,8 @@ class CaloModel:
         else:
             shared = np.clip(_shared_energy(cond, n_e), 0, None)
             cells = raw * torch.from_numpy(shared)[:, None]
-        return _threshold(cells.numpy(), _cell_thresholds(self.layout), keep)
+        sizes = _layer_sizes(self.layout) if self.setup.data.keep_layers else None
+        return _threshold(cells.numpy(), _cell_thresholds(self.layout), keep, sizes)
 
 
 def load_calo_model(run_dir: str | os.PathLike, device: str = "cpu") -> CaloModel:
