@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -408,6 +410,28 @@ def test_lhcb_aligned_prior_puts_the_mean_shower_where_the_conditions_say():
     t_width = ((f * c[..., 2] ** 2).sum(1) - t_mean**2).sqrt()
     assert (s_width - 1.5).abs().max() < 0.1 and (t_width - 0.7).abs().max() < 0.1
     assert (f - showers(new)).abs().sum(1).max() < 0.05  # L1 distance of the two showers
+
+
+def test_voxel_noise_slope_scales_the_noise_with_energy():
+    """``voxel_noise_slope``: log σ_v = ρ_v + κ_v·y₀; κ starts at 0 (σ₀ at every energy) and is
+    learnt; with κ set, the logit noise at y₀ = ±1 differs by exp(2κ)."""
+    from detgan.models.calo import VoxelNoise
+
+    noise = VoxelNoise(3, 0.5, energy_slope=True)
+    eps, logits = torch.ones(2, 3), torch.zeros(2, 3)
+    y0 = torch.tensor([-1.0, 1.0])
+    torch.testing.assert_close(noise(logits, eps, y0), torch.full((2, 3), 0.5))
+    noise(logits, eps, y0).sum().backward()
+    assert noise.energy_slope.grad is not None
+    with torch.no_grad():
+        noise.energy_slope.fill_(-0.5)
+    out = noise(logits, eps, y0)
+    torch.testing.assert_close(out[0] / out[1], torch.full((3,), math.exp(1.0)))
+    cfg = CaloChallengeModelConfig(hidden=16, voxel_noise=0.5, voxel_noise_slope=True)
+    gen = build_calo_models("calochallenge", cfg, CC_SIZES)["generator"]
+    assert gen.voxel_noise.energy_slope.shape == (sum(CC_SIZES),)
+    with pytest.raises(DetganError, match="voxel_noise_slope needs voxel_noise"):
+        CaloChallengeModelConfig(voxel_noise_slope=True)
 
 
 @pytest.mark.parametrize(

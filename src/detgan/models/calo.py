@@ -156,7 +156,9 @@ class CaloChallengeModelConfig(Config):
     E_tot and the generator shares E_tot exactly so (it only shares within the layers); at
     generation E_tot and the shares come from a separately trained stage-1 flow
     (:class:`LayerEnergyFlow`, ``layer_flow_steps`` Adam steps before the WGAN) given E_inc
-    and the drawn empty layers, as CaloFlow's flow I (arXiv:2106.05285)."""
+    and the drawn empty layers, as CaloFlow's flow I (arXiv:2106.05285).
+    ``voxel_noise_slope`` (with ``voxel_noise``): each voxel's noise scale also depends on
+    log E_inc (:class:`VoxelNoise` ``energy_slope``)."""
 
     latent_dim: int = 64
     hidden: int = 256
@@ -176,6 +178,7 @@ class CaloChallengeModelConfig(Config):
     critic_occupancy: bool = False
     layer_flow: bool = False
     layer_flow_steps: int = 8000
+    voxel_noise_slope: bool = False
 
     def validate(self) -> None:
         require(self.latent_dim >= 1, "latent_dim must be at least 1")
@@ -188,6 +191,10 @@ class CaloChallengeModelConfig(Config):
             "layer_flow gives the layer energies; drop layer_prior and layer_noise",
         )
         require(self.layer_flow_steps >= 1, "layer_flow_steps must be at least 1")
+        require(
+            self.voxel_noise > 0 or not self.voxel_noise_slope,
+            "voxel_noise_slope needs voxel_noise > 0",
+        )
         require(
             self.condition_response or not self.layer_prior,
             "layer_prior needs condition_response=true",
@@ -258,13 +265,19 @@ class VoxelNoise(nn.Module):
     energies that vary together (a low-rank family of showers); real showers fluctuate cell by
     cell (a log-normal factor per cell here). The ε are the last ``n_cells`` columns of the
     generator's z, so a seeded z still fixes the shower. σ₀ = 0: off (no columns, no weights).
+    ``energy_slope``: log σ_v = ρ_v + κ_v·y₀ with y₀ the standardised log energy of the event
+    and κ_v learnt from 0 — fluctuations that shrink (or grow) with energy, as sampling
+    fluctuations do (∝ 1/√E): a fixed σ_v spreads few-GeV showers over too many voxels.
     """
 
-    def __init__(self, n_cells: int, sigma0: float) -> None:
+    def __init__(self, n_cells: int, sigma0: float, energy_slope: bool = False) -> None:
         super().__init__()
         self.n_cells = n_cells if sigma0 > 0 else 0
+        self.energy_slope = None
         if self.n_cells:
             self.log_sigma = nn.Parameter(torch.full((n_cells,), math.log(sigma0)))
+            if energy_slope:
+                self.energy_slope = nn.Parameter(torch.zeros(n_cells))
 
     def split(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         """z (N, L + V) → (latent (N, L), ε (N, V)); ε None when off."""
@@ -272,8 +285,13 @@ class VoxelNoise(nn.Module):
             return z, None
         return z[:, : -self.n_cells], z[:, -self.n_cells :]
 
-    def forward(self, logits: Tensor, eps: Tensor | None) -> Tensor:
-        return logits if eps is None else logits + self.log_sigma.exp() * eps
+    def forward(self, logits: Tensor, eps: Tensor | None, y0: Tensor | None = None) -> Tensor:
+        if eps is None:
+            return logits
+        log_sigma = self.log_sigma
+        if self.energy_slope is not None:
+            log_sigma = log_sigma + self.energy_slope * y0[:, None]
+        return logits + log_sigma.exp() * eps
 
 
 class EnergyPrior(nn.Module):
@@ -732,7 +750,7 @@ class CaloChallengeGenerator(nn.Module):
         n_cells = sum(self.layer_sizes)
         n_resp = len(self.layer_sizes) + int(c.total_response) if c.per_layer else 1
         n_resp -= int(c.condition_response and c.total_response)
-        self.voxel_noise = VoxelNoise(n_cells, c.voxel_noise)
+        self.voxel_noise = VoxelNoise(n_cells, c.voxel_noise, c.voxel_noise_slope)
         self.layer_noise = VoxelNoise(n_resp, c.layer_noise)
         self.noise_dim = c.latent_dim + self.voxel_noise.n_cells + self.layer_noise.n_cells
         n_in = c.latent_dim + c.label_width(len(self.layer_sizes))
@@ -772,7 +790,7 @@ class CaloChallengeGenerator(nn.Module):
         z, eps = self.voxel_noise.split(z)
         y = _as_2d(y)
         h = self.act(self.trunk(torch.cat([z, y], 1)))
-        logits = self.voxel_noise(self.voxel_prior.add(self.logits(h), y[:, 0]), eps)
+        logits = self.voxel_noise(self.voxel_prior.add(self.logits(h), y[:, 0]), eps, y[:, 0])
         resp = (
             y[:, -len(self.layer_sizes) :] if self.given_shares else self._response(h, y, eps_layer)
         )

@@ -712,7 +712,7 @@ def train_layer_flow(
     tail = float(np.mean(losses[-100:]))
     if not math.isfinite(tail):
         raise DetganError(
-            "the stage-1 layer flow diverged; lower layer_flow_steps or check the data"
+            "the stage-1 layer flow diverged (non-finite loss); check the training energies"
         )
     return tail
 
