@@ -40,7 +40,8 @@ TINY = {
     "dense": {"latent_dim": 8, "hidden": 16, "iterations": 4, "batch_size": 16},
     "lhcb-conv": {"latent_dim": 8, "channels": 8, "iterations": 2, "batch_size": 8,
                   "regressor_steps": 3},
-    "calochallenge": {"latent_dim": 8, "hidden": 16, "iterations": 3, "batch_size": 16},
+    "calochallenge": {"latent_dim": 8, "hidden": 16, "iterations": 3, "batch_size": 16,
+                      "layer_flow_steps": 20},
 }  # fmt: skip
 FILES = {"dense": "atlas.h5", "lhcb-conv": "lhcb.npz", "calochallenge": "cc.h5"}
 GEOMETRY = {
@@ -132,6 +133,10 @@ def test_threshold_fakes_shows_the_critic_thresholded_showers(kind, data, tmp_pa
         "condition_response": False,
         "condition_layers": False,
         "critic_mev_scale": 0.0,
+        "layer_flow": False,
+        "critic_occupancy": False,
+        "keep_layers": False,
+        "voxel_noise_slope": False,
     }  # one label, fractions
     setup = _setup(kind, threshold_fakes=True, **(fractions if kind == "calochallenge" else {}))
     showers, cells, cond = study._load_training(data / FILES[kind], setup, 0)
@@ -172,7 +177,7 @@ def test_calochallenge_critic_mev_units_put_the_threshold_at_one_input_value():
     torch.testing.assert_close(real, fake, rtol=1e-5, atol=1e-5)
     assert real[0, 10] == pytest.approx(np.log(2.0)) and real[1, 10] == pytest.approx(np.log(2.0))
     frac_setup = _setup(
-        "calochallenge", critic_mev_scale=0.0
+        "calochallenge", critic_mev_scale=0.0, critic_occupancy=False
     )  # fractions: the same voxel differs by 10⁴ in input
     frac = study._to_net("calochallenge", frac_setup, {}, cells, e_inc)
     assert frac[0, 10] > 100 * frac[1, 10]
@@ -195,7 +200,7 @@ def test_draw_response_takes_the_same_or_the_nearest_incident_energies():
 
 def test_calochallenge_condition_response_shares_the_drawn_total(data, tmp_path):
     """Two stages: E_tot/E_inc drawn from the training events, the WGAN shares E_tot."""
-    setup = _setup("calochallenge", condition_response=True, critic_mev_scale=1.0)
+    setup = _setup("calochallenge", layer_flow=False, keep_layers=False)  # the preset before
     run = train_calo(setup, data / "cc.h5", tmp_path / "run", progress=False)
     model = load_calo_model(run)
     table = model.extra["response_table"]
@@ -218,9 +223,10 @@ def test_calochallenge_condition_response_shares_the_drawn_total(data, tmp_path)
 
 def test_layer_flow_is_trained_first_saved_and_gives_the_layer_energies(data, tmp_path):
     """``layer_flow``: the stage-1 flow is trained before the WGAN and stored in the
-    checkpoint; generated showers keep the drawn empty layers and the flow's E_tot (quick:
-    ``keep_total``), and their layer energies are the flow's where nothing is thresholded."""
-    setup = _setup("calochallenge", layer_flow=True, layer_flow_steps=20)
+    checkpoint; generated showers keep the drawn empty layers and the flow's E_tot (with
+    ``keep_total``), and their layer energies are the flow's where nothing is thresholded or,
+    with ``keep_layers`` (the presets), wherever a voxel passes."""
+    setup = _setup("calochallenge", layer_flow=True, layer_flow_steps=20, keep_layers=False)
     run = train_calo(setup, data / "cc.h5", tmp_path / "run", progress=False)
     model = load_calo_model(run)
     stage1 = model.extra["layer_flow"]
@@ -383,7 +389,7 @@ def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):
     """``layer_prior``/``voxel_prior``: the saved tables are the log mean shares of the
     training showers (layer shares and each layer's voxel shares, over the events with energy
     in that layer, sum to ≈ 1 per grid point)."""
-    setup = _setup("calochallenge", layer_prior=True, voxel_prior=True)
+    setup = _setup("calochallenge", layer_flow=False, layer_prior=True, voxel_prior=True)
     run = train_calo(setup, data / "cc.h5", tmp_path / "r", progress=False)
     gen = load_calo_model(run).generator
     layers = gen.layer_prior.table.exp()
@@ -403,6 +409,7 @@ def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):
         (
             "calochallenge",
             {
+                "layer_flow": False,
                 "layer_prior": True,
                 "voxel_prior": True,
                 "critic_occupancy": True,

@@ -200,16 +200,20 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
     # cells that starts from the mean shower aligned with each event's track; thresholded
     # fakes; EMA generator: docs/calo_models.md
     lhcb_ours = {"energy_sharing": True, "aligned_prior": True}
-    # calochallenge quick/full: two stages (response and empty layers drawn from a training
-    # event, E_tot shared among the other layers), critic in MeV units; one learnt noise per
-    # voxel (session 6: the widths and low-level features, results.md)
-    cc_data = CaloDataConfig(threshold_fakes=True, keep_total=True)  # session 4: keep_total
+    # calochallenge quick/full: two stages (empty layers drawn from a training event, layer
+    # energies from a flow trained first, the WGAN shares within the layers; session 8),
+    # critic in MeV units that also sees the occupancies; one learnt noise per voxel whose
+    # scale runs with log E_inc (sessions 6 and 8: widths, sparsities, results.md)
+    cc_data = CaloDataConfig(threshold_fakes=True, keep_total=True, keep_layers=True)
     cc_ours = cc(
         condition_response=True,
         condition_layers=True,
         critic_mev_scale=1.0,
         critic_layer_fractions=True,
         voxel_noise=0.5,
+        layer_flow=True,
+        critic_occupancy=True,
+        voxel_noise_slope=True,
     )
     return {
         "dense": {  # [K]: 100 latent, 3 × 128, λ = 10, n_critic = 5, 1000 epochs
