@@ -25,11 +25,14 @@ from detgan.studies.calo import (
     draw_response,
     energy_balance_weights,
     generate_calo,
+    hit_quanta,
     is_calo_run,
     lhcb_totals,
     load_calo_model,
+    quantum_at,
     response_table,
     run_calo_study,
+    straight_through_hits,
     straight_through_threshold,
     train_calo,
 )
@@ -121,6 +124,84 @@ def test_keep_total_scales_the_cells_that_pass_back_to_the_shower_total():
     layers = torch.stack([frac[:, :2].sum(1), frac[:, 2:].sum(1)], 1).detach()
     out = rescaled_to(gated, layers, [2, 2])
     torch.testing.assert_close(out.detach(), torch.from_numpy(by_layer / 100).float())
+
+
+def test_hit_quanta_measures_the_spot_energy_of_the_reference_showers():
+    """The reference simulation's cells are whole numbers of spots of E_vis/N_s
+    (calorimeter.md §2): the measured quantum is N_s's spot energy at every discrete energy."""
+    from detgan.sim.calorimeter import n_spots
+
+    cfg = CaloSimConfig(geometry="calochallenge-1-photons", batch_size=600)
+    showers = simulate(cfg, 600, seed=5)  # ≈ 40 per energy; a/√E per shower below 1 GeV
+    table = hit_quanta(np.asarray(showers.cells, np.float64), showers.energy)
+    e = np.exp(table["log_e"])
+    np.testing.assert_allclose(e, np.unique(showers.energy), rtol=1e-9)  # one group per energy
+    spot = e / n_spots(e, cfg.geo.medium, cfg.max_spots)
+    np.testing.assert_allclose(np.exp(table["log_q"]), spot, rtol=0.1)
+    np.testing.assert_allclose(np.exp(table["log_q"])[e > 1e5], spot[e > 1e5], rtol=0.01)
+    mid = np.sqrt(e[-2] * e[-1])  # log–log interpolation between the measured energies
+    q = np.exp(table["log_q"])
+    got = quantum_at(table, np.array([mid, e[-1]]))
+    np.testing.assert_allclose(got, [np.sqrt(q[-2] * q[-1]), q[-1]])
+    many = np.exp(np.linspace(0, 5, 500))  # continuous energies: quantile groups
+    grouped = hit_quanta(np.tile(many[:, None], (1, 3)), many, groups=10)
+    assert len(grouped["log_e"]) == 10
+    np.testing.assert_allclose(grouped["log_q"], grouped["log_e"], atol=1e-9)
+
+
+def test_straight_through_hits_are_whole_deposits_on_average_the_fractions():
+    frac = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]], requires_grad=True)
+    energy, q = torch.tensor([100.0]), torch.tensor([2.0])
+    out = straight_through_hits(frac, energy, q, torch.Generator().manual_seed(0))
+    hits = out.detach() * 100.0 / 2.0
+    torch.testing.assert_close(hits, hits.round())  # whole numbers of 2 MeV deposits
+    assert out[0, -1] == 0  # no energy, no deposit
+    (out * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])).sum().backward()
+    torch.testing.assert_close(frac.grad, torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]]))
+    many = frac.detach().repeat(20000, 1)
+    mean = straight_through_hits(
+        many, energy.repeat(20000), q.repeat(20000), torch.Generator().manual_seed(1)
+    ).mean(0)
+    torch.testing.assert_close(mean, frac.detach()[0], atol=3e-3, rtol=0)  # Poisson mean
+    empty = (
+        (
+            straight_through_hits(
+                many, energy.repeat(20000), q.repeat(20000), torch.Generator().manual_seed(2)
+            )[:, 3]
+            == 0
+        )
+        .float()
+        .mean()
+    )
+    assert abs(float(empty) - np.exp(-2.5)) < 0.01  # 0.05·100/2 = 2.5 expected deposits
+
+
+def test_hit_quanta_generates_whole_deposits_and_keeps_the_layer_energies(data, tmp_path):
+    setup = _setup("calochallenge", hit_quanta=True, threshold_fakes=True)
+    run = train_calo(setup, data / "cc.h5", tmp_path / "run", progress=False)
+    model = load_calo_model(run)
+    table = model.extra["hit_quanta"]
+    assert len(table["log_e"]) == len(np.unique(load_showers(data / "cc.h5").energy))
+    e_inc = np.full(40, 65536.0)
+    q = quantum_at(table, e_inc)[:, None]
+    loose = model.setup.data.replace(keep_total=False, keep_layers=False)
+    model.setup = dataclasses.replace(model.setup, data=loose)
+    cells = model.sample(e_inc, seed=0)
+    np.testing.assert_allclose(cells / q, np.round(cells / q), atol=1e-6)
+    assert (cells > 0).any()
+    model.setup = dataclasses.replace(model.setup, data=loose.replace(keep_layers=True))
+    kept = model.sample(e_inc, seed=0)
+    layout = model.layout
+    model.setup = dataclasses.replace(model.setup, data=loose.replace(hit_quanta=False))
+    model.layout = dataclasses.replace(layout, e_min=0.0)  # the layer energies before the hits
+    before = model.sample(e_inc, seed=0)
+    layers = [layout.layer_slice(k) for k in layout.relevant_layers]
+    got = np.stack([kept[:, s].sum(1) for s in layers], 1)
+    want = np.stack([before[:, s].sum(1) for s in layers], 1)
+    np.testing.assert_allclose(got[got > 0], want[got > 0], rtol=1e-5)
+    with pytest.raises(DetganError, match="hit_quanta is for dense and calochallenge"):
+        train_calo(_setup("lhcb-conv", hit_quanta=True), data / "lhcb.npz", tmp_path / "l")
+    assert not (tmp_path / "l").exists()
 
 
 @pytest.mark.parametrize("kind", ["dense", "calochallenge"])
@@ -417,6 +498,7 @@ def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):
             },
         ),
         ("calochallenge", {"layer_flow": True, "layer_flow_steps": 20, "keep_layers": True}),
+        ("calochallenge", {"hit_quanta": True}),
     ],
 )
 def test_resume_is_exact(kind, extra, data, tmp_path):

@@ -74,8 +74,9 @@ def test_self_regularisation_is_weighted_per_event_l1():
 
 
 def test_integral_regularisation_ties_station_levels_not_pulse_shapes():
-    """Mean over stations with signal of |Δ log10(1 + S)|: moving a pulse in time costs
-    nothing, doubling a station's signal costs log10 of about 2; empty stations don't count."""
+    """Mean over stations with signal in both of |Δ log10(1 + S)|: moving a pulse in time costs
+    nothing, doubling a station's signal costs log10 of about 2; empty stations and stations
+    the refiner switches off don't count."""
     to_u = lambda s: torch.log10(1.0 + torch.tensor(s, dtype=torch.float32))  # noqa: E731
     inputs = to_u([[[0.0, 9.0, 90.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # (1 event, 2 stations, T)
     shifted = to_u([[[9.0, 90.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0]]])
@@ -85,3 +86,7 @@ def test_integral_regularisation_ties_station_levels_not_pulse_shapes():
     got = losses.integral_regularisation(doubled, inputs, 0.5).item()
     assert got == pytest.approx(expected, rel=1e-4)
     assert losses.integral_regularisation(doubled, inputs).item() == 0.0
+    both = torch.cat([inputs[:, :1], doubled[:, :1]], 1)  # stations of 99 and 198 VEM
+    first_doubled_second_off = torch.cat([doubled[:, :1], torch.zeros_like(inputs[:, :1])], 1)
+    got = losses.integral_regularisation(first_doubled_second_off, both, 0.5).item()
+    assert got == pytest.approx(expected, rel=1e-4)  # the station switched off costs nothing

@@ -91,15 +91,16 @@ def self_regularisation(refined: Tensor, inputs: Tensor, weight: float = 0.0) ->
 
 
 def integral_regularisation(refined: Tensor, inputs: Tensor, weight: float = 0.0) -> Tensor:
-    """w · mean over the stations with signal in the input of |a(ψ(x)) − a(x)|, a = log10(1 + S)
-    the station's level, S = Σ_t (10^u − 1) its signal (u = log10(1 + s) per time bin, the last
-    axis): ties each refined station's integral, where the energy information lives, to its
-    input's while leaving the pulse shape free (not in SimGAN or the paper)."""
+    """w · mean over the stations with signal in both the input and the refined traces of
+    |a(ψ(x)) − a(x)|, a = log10(1 + S) the station's level, S = Σ_t (10^u − 1) its signal
+    (u = log10(1 + s) per time bin, the last axis): ties each refined station's integral, where
+    the energy information lives, to its input's while leaving the pulse shape free, and leaves
+    the refiner free to switch stations off (not in SimGAN or the paper)."""
 
     def level(u: Tensor) -> Tensor:
         return torch.log10(1.0 + torch.expm1(u * math.log(10.0)).clamp_min(0.0).sum(-1))
 
-    active = (inputs > 0).any(-1)
+    active = (inputs > 0).any(-1) & (refined.detach() > 0).any(-1)
     if weight == 0 or not bool(active.any()):
         return refined.new_zeros(())
     return weight * (level(refined) - level(inputs)).abs()[active].mean()

@@ -75,6 +75,9 @@ __all__ = [
     "generate_calo",
     "run_calo_study",
     "straight_through_threshold",
+    "straight_through_hits",
+    "hit_quanta",
+    "quantum_at",
     "response_table",
     "energy_balance_weights",
     "draw_response",
@@ -113,7 +116,13 @@ class CaloDataConfig(Config):
     calochallenge): real events are drawn with weights that make every range of the
     conditioning log energy equally frequent (:func:`energy_balance_weights`), so that rare
     energies (the few TeV showers of CaloChallenge dataset 1) train as often as common ones;
-    the fakes carry the same labels, so the conditional model is unchanged."""
+    the fakes carry the same labels, so the conditional model is unchanged. ``hit_quanta``
+    (dense, calochallenge; not in [K]): showers made of equal-energy deposits (the spots of
+    the reference simulation, calorimeter.md §2) have cells that are whole numbers of one
+    quantum q(E), so a cell is empty with the probability of no deposit; the generated cells
+    are turned into k ~ Poisson(E_cell/q) deposits of q (:func:`hit_quanta`, measured on the
+    training showers), before the threshold, in training (straight-through gradient) and in
+    generation. For noiseless voxel files; the smallest cell of a noisy file is no quantum."""
 
     epochs: float = 0.0
     max_events: int = 0
@@ -126,6 +135,7 @@ class CaloDataConfig(Config):
     keep_total: bool = False
     keep_layers: bool = False
     balance_energies: bool = False
+    hit_quanta: bool = False
 
     def validate(self) -> None:
         require(self.epochs >= 0, "epochs must be >= 0 (0: use iterations)")
@@ -294,16 +304,19 @@ def _threshold(
     thresholds: Any,
     keep_total: bool = False,
     layer_sizes: Sequence[int] | None = None,
+    before: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cells (N, V) below ``thresholds`` (V,) or a scalar zeroed; ``keep_total``: the rest
     scaled so that each row keeps its sum (rows with nothing left stay 0), or with
-    ``layer_sizes`` (cells per layer in flat order) so that each layer keeps its sum."""
+    ``layer_sizes`` (cells per layer in flat order) so that each layer keeps its sum; the sums
+    kept are those of ``before`` (N, V) when given (default ``cells``)."""
     kept = np.where(cells < thresholds, 0.0, cells)
     if not keep_total:
         return kept
     sizes = list(layer_sizes or [cells.shape[1]])
     starts = np.cumsum([0, *sizes[:-1]])
-    before, after = (np.add.reduceat(a, starts, axis=1) for a in (cells, kept))
+    full = cells if before is None else before
+    before, after = (np.add.reduceat(a, starts, axis=1) for a in (full, kept))
     scale = np.divide(before, after, out=np.ones_like(after), where=after > 0)
     return kept * np.repeat(scale, sizes, axis=1)
 
@@ -366,6 +379,11 @@ def _energies(cond: np.ndarray, n_energies: int) -> np.ndarray:
     if cond.ndim == 1:
         return cond
     return cond[:, 0] if n_energies == 1 else cond[:, :n_energies]
+
+
+def _first_energy(cond: np.ndarray) -> np.ndarray:
+    """(N,) the first energy column of raw conditions (E_inc; E_tot for dense)."""
+    return cond if cond.ndim == 1 else cond[:, 0]
 
 
 def _shared_energy(cond: np.ndarray, n_energies: int) -> np.ndarray:
@@ -461,6 +479,40 @@ def _draws_conditions(setup: CaloSetup) -> bool:
 def _layer_energies(cells: np.ndarray, layout: Any) -> np.ndarray:
     """(N, L) energy of each (relevant) layer."""
     return np.stack([cells[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+
+
+def hit_quanta(cells: np.ndarray, energy: np.ndarray, groups: int = 20) -> dict[str, list]:
+    """The deposit quantum q(E) of showers made of equal-energy deposits: in each group of
+    events of similar ``energy`` (N,), the median over the events of the smallest non-zero cell
+    of (N, V) ``cells``. Groups are the distinct energies when there are at most ``groups``
+    (CaloChallenge dataset 1), else quantile bins of log E. For the reference simulation this is
+    E_vis/N_s, the spot energy (calorimeter.md §2). Returns {"log_e", "log_q"} (natural logs,
+    ascending E), read by :func:`quantum_at`."""
+    smallest = np.where(cells > 0, cells, np.inf).min(1)
+    ok = np.isfinite(smallest)
+    require(ok.any(), "hit_quanta needs showers with energy above the threshold")
+    log_e, log_q = np.log(energy[ok]), np.log(smallest[ok])
+    levels = np.unique(log_e)
+    if len(levels) > groups:
+        levels = np.quantile(log_e, np.linspace(0, 1, groups + 1))[1:-1]
+    which = np.searchsorted(levels, log_e) if len(levels) > 1 else np.zeros(len(log_e), int)
+    ids = np.unique(which)
+    return {
+        "log_e": [float(np.median(log_e[which == g])) for g in ids],
+        "log_q": [float(np.median(log_q[which == g])) for g in ids],
+    }
+
+
+def quantum_at(table: dict[str, list], energy: np.ndarray) -> np.ndarray:
+    """q(E) MeV (N,) of a :func:`hit_quanta` table, interpolated in log–log (constant beyond
+    the measured energies)."""
+    return np.exp(np.interp(np.log(energy), table["log_e"], table["log_q"]))
+
+
+def whole_hits(cells: np.ndarray, quantum: np.ndarray, seed: int) -> np.ndarray:
+    """Cells (N, V) MeV → k·q with k ~ Poisson(cell/q), q (N,) the events' quanta."""
+    q = np.asarray(quantum, np.float64)[:, None]
+    return np.random.default_rng(seed).poisson(np.clip(cells, 0, None) / q) * q
 
 
 def _uses_flow(setup: CaloSetup) -> bool:
@@ -585,6 +637,18 @@ def straight_through_threshold(frac: Tensor, energy: Tensor, thresholds: Tensor)
     return frac + (frac * keep - frac).detach()
 
 
+def straight_through_hits(
+    frac: Tensor, energy: Tensor, quantum: Tensor, rng: torch.Generator
+) -> Tensor:
+    """Fractions (N, V) of energies (N,) as whole numbers of deposits of ``quantum`` (N,) MeV:
+    k ~ Poisson(frac·E/q) forwards, k·q/E; the backward pass is the identity (E[k·q/E] = frac).
+    ``rng``: a CPU generator (the draw is made on the CPU)."""
+    scale = (energy / quantum)[:, None]
+    rate = (frac.detach() * scale).clamp_min(0.0)
+    hits = torch.poisson(rate.cpu(), generator=rng).to(frac.device)
+    return frac + (hits / scale - frac).detach()
+
+
 def rescaled_to(kept: Tensor, total: Tensor, layer_sizes: Sequence[int] | None = None) -> Tensor:
     """Rows of ``kept`` (N, V) scaled to sum to ``total`` (N,); rows summing to 0 unchanged
     (and without a gradient through the scale). With ``layer_sizes`` (cells per layer, flat
@@ -617,11 +681,13 @@ def _problem(
     thresholds: Tensor | None = None,
     transforms: dict[str, Transform] | None = None,
     sizes: Sequence[int] = (),
+    quanta: Tensor | None = None,
 ):
     """Real batches drawn with replacement; fakes carry the real batch's labels. Given
     ``energy`` (N,), the batch also carries the energy E that the fractions refer to (lhcb-conv
     with ``energy_sharing``: the real event's E_tot; its ``transforms`` map fakes to network
-    units). ``sizes``: cells per layer (flat order), for ``keep_layers``."""
+    units). ``sizes``: cells per layer (flat order), for ``keep_layers``; ``quanta`` (N,) MeV:
+    the events' deposit quanta, for ``hit_quanta``."""
     require(not _lhcb_shares(setup) or energy is not None, "energy_sharing needs E_tot")
     to_net = _fake_to_net(kind, setup, transforms)
     gate = setup.data.threshold_fakes and (kind != "lhcb-conv" or _lhcb_shares(setup))
@@ -636,14 +702,18 @@ def _problem(
             idx = torch.multinomial(weights, n, replacement=True, generator=rng)
         idx = idx.to(x.device)
         batch = {"x": x[idx], "y": y[idx]}
+        if quanta is not None:
+            batch["q"] = quanta[idx]
         return batch if energy is None else {**batch, "e": energy[idx]}
 
     def sample_fake(gen: nn.Module, batch: dict[str, Tensor], rng: torch.Generator):
         z = torch.randn(len(batch["y"]), noise_dim, generator=rng).to(x.device)
         out = gen(z, batch["y"])
+        flat = out.reshape(len(out), -1)
+        if quanta is not None:
+            out = straight_through_hits(flat, batch["e"], batch["q"], rng)
         if gate:
-            flat = out.reshape(len(out), -1)
-            out = straight_through_threshold(flat, batch["e"], thresholds)
+            out = straight_through_threshold(out.reshape(len(out), -1), batch["e"], thresholds)
             if setup.data.keep_layers:
                 out = rescaled_to(out, layer_sums(flat, sizes), sizes)
             elif setup.data.keep_total:
@@ -778,6 +848,10 @@ def train_calo(
         setup.model_kind != "lhcb-conv" or not setup.data.keep_layers,
         "keep_layers is for dense and calochallenge (showers in layers)",
     )
+    require(
+        setup.model_kind != "lhcb-conv" or not setup.data.hit_quanta,
+        "hit_quanta is for dense and calochallenge (cell energies, no Box-Cox)",
+    )
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume, overwrite)
     dev = resolve_device(device)
@@ -822,6 +896,14 @@ def train_calo(
         "data_path": str(Path(data_path).resolve()),
         "package_version": __version__,
     }
+    quanta = None
+    if setup.data.hit_quanta:  # measured on the training showers; the same table on resume
+        if state is None:
+            extra["hit_quanta"] = hit_quanta(cells, _first_energy(cond))
+        else:
+            extra["hit_quanta"] = state["extra"]["hit_quanta"]
+        q = quantum_at(extra["hit_quanta"], _first_energy(cond))
+        quanta = torch.from_numpy(q).float().to(dev)
     if _uses_flow(setup):  # stage 1, trained once before the WGAN and kept on resume
         if state is not None:
             extra["layer_flow"] = state["extra"]["layer_flow"]
@@ -835,7 +917,7 @@ def train_calo(
     noise_dim = models["generator"].noise_dim
     trainer = Trainer(
         {"generator": models["generator"], "critic": models["critic"]},
-        _problem(kind, setup, x, y, noise_dim, energy, thresholds, transforms, sizes),
+        _problem(kind, setup, x, y, noise_dim, energy, thresholds, transforms, sizes, quanta),
         setup.train,
         run_dir,
         config_json=setup.to_json(),
@@ -911,12 +993,16 @@ class CaloModel:
             cells = raw.reshape(len(raw), -1).numpy() * e_tot[:, None]
             return _threshold(cells, float(self.extra["cell_threshold"]), keep)
         if self.kind == "lhcb-conv":
-            cells = self.transforms["cells"].inverse(raw.reshape(len(raw), -1)).clamp_min(0)
+            cells = self.transforms["cells"].inverse(raw.reshape(len(raw), -1)).clamp_min(0).numpy()
         else:
             shared = np.clip(_shared_energy(cond, n_e), 0, None)
-            cells = raw * torch.from_numpy(shared)[:, None]
+            cells = (raw * torch.from_numpy(shared)[:, None]).numpy()
         sizes = _layer_sizes(self.layout) if self.setup.data.keep_layers else None
-        return _threshold(cells.numpy(), _cell_thresholds(self.layout), keep, sizes)
+        thresholds = _cell_thresholds(self.layout)
+        if not self.setup.data.hit_quanta:
+            return _threshold(cells, thresholds, keep, sizes)
+        q = quantum_at(self.extra["hit_quanta"], _first_energy(cond))
+        return _threshold(whole_hits(cells, q, int(seed) + 13), thresholds, keep, sizes, cells)
 
 
 def load_calo_model(run_dir: str | os.PathLike, device: str = "cpu") -> CaloModel:

@@ -86,9 +86,9 @@ class RefineDataConfig(Config):
     evaluates on it). ``max_events`` caps the training events per file (0: all).
     ``threshold``: trigger threshold of the gate in VEM (0: the data file's
     ``trigger_threshold``). ``integral_regularisation`` w: the generator also minimises
-    w · mean over stations with signal of |log10(1 + S_refined) − log10(1 + S_sim)|, S the
-    station's time-integrated signal (:func:`detgan.losses.integral_regularisation`; not in
-    the paper, default 0).
+    w · mean over stations with signal in both the sim and the refined event of
+    |log10(1 + S_refined) − log10(1 + S_sim)|, S the station's time-integrated signal
+    (:func:`detgan.losses.integral_regularisation`; not in the paper, default 0).
     """
 
     self_regularisation: float = 0.0
