@@ -18,6 +18,7 @@ from detgan.sim.calorimeter import CaloSimConfig, simulate
 from detgan.studies.calo import (
     CALO_PRESETS,
     _fit_boxcox,
+    _layer_energies,
     calo_preset,
     conditions_from_spec,
     draw_conditions,
@@ -195,9 +196,7 @@ def test_hit_quanta_generates_whole_deposits_and_keeps_the_layer_energies(data, 
     model.setup = dataclasses.replace(model.setup, data=loose.replace(hit_quanta=False))
     model.layout = dataclasses.replace(layout, e_min=0.0)  # the layer energies before the hits
     before = model.sample(e_inc, seed=0)
-    layers = [layout.layer_slice(k) for k in layout.relevant_layers]
-    got = np.stack([kept[:, s].sum(1) for s in layers], 1)
-    want = np.stack([before[:, s].sum(1) for s in layers], 1)
+    got, want = _layer_energies(kept, layout), _layer_energies(before, layout)
     np.testing.assert_allclose(got[got > 0], want[got > 0], rtol=1e-5)
     with pytest.raises(DetganError, match="hit_quanta is for dense and calochallenge"):
         train_calo(_setup("lhcb-conv", hit_quanta=True), data / "lhcb.npz", tmp_path / "l")
@@ -298,7 +297,7 @@ def test_calochallenge_condition_response_shares_the_drawn_total(data, tmp_path)
     assert (model.sample(e_inc, seed=0).sum(1) / e_inc <= r * (1 + 1e-5)).all()  # only removes
     flags = draw_conditions(table, e_inc, 0 + 7)[:, 2:]  # condition_layers: the same event's
     layout = model.layout  # empty layers stay empty
-    layers = np.stack([cells[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+    layers = _layer_energies(cells, layout)
     assert flags.shape == layers.shape and (layers[flags == 0] == 0).all()
 
 
@@ -322,19 +321,19 @@ def test_layer_flow_is_trained_first_saved_and_gives_the_layer_energies(data, tm
     np.testing.assert_allclose(cond[:, 2 + n_layers :].sum(1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(cells.sum(1), cond[:, 1], rtol=1e-5)
     layout = model.layout
-    layers = np.stack([cells[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+    layers = _layer_energies(cells, layout)
     assert (layers[cond[:, 2 : 2 + n_layers] == 0] == 0).all()
     loose = model.setup.data.replace(keep_total=False)
     model.setup = dataclasses.replace(model.setup, data=loose)
     model.layout = dataclasses.replace(layout, e_min=0.0)  # no threshold: exactly the flow's
     layers = model.sample(e_inc, seed=0)
     drawn = cond[:, 1:2] * cond[:, 2 + n_layers :]
-    got = np.stack([layers[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+    got = _layer_energies(layers, layout)
     np.testing.assert_allclose(got, drawn, rtol=1e-4, atol=1e-6 * drawn.max())
     model.layout = layout  # keep_layers: every layer with a voxel above E_min keeps the flow's
     model.setup = dataclasses.replace(model.setup, data=loose.replace(keep_layers=True))
     kept = model.sample(e_inc, seed=0)
-    got = np.stack([kept[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+    got = _layer_energies(kept, layout)
     np.testing.assert_allclose(got[got > 0], drawn[got > 0], rtol=1e-5)
 
 
@@ -348,7 +347,7 @@ def test_dense_condition_layers_draw_empty_layers_by_cluster_energy(data, tmp_pa
     cells = model.sample(e_tot, seed=2)
     flags = draw_conditions(table, e_tot, 2 + 7)
     layout = model.layout
-    layers = np.stack([cells[:, layout.layer_slice(k)].sum(1) for k in layout.relevant_layers], 1)
+    layers = _layer_energies(cells, layout)
     assert flags.shape == (30, 5) and (layers[flags[:, 1:] == 0] == 0).all()
     np.testing.assert_allclose(flags[:, 0], e_tot)
 
