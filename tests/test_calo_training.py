@@ -280,7 +280,7 @@ def test_draw_response_takes_the_same_or_the_nearest_incident_energies():
 
 def test_calochallenge_condition_response_shares_the_drawn_total(data, tmp_path):
     """Two stages: E_tot/E_inc drawn from the training events, the WGAN shares E_tot."""
-    setup = _setup("calochallenge", layer_flow=False, keep_layers=False)  # the preset before
+    setup = _setup("calochallenge", layer_flow=False, keep_layers=False, hit_quanta=False)
     run = train_calo(setup, data / "cc.h5", tmp_path / "run", progress=False)
     model = load_calo_model(run)
     table = model.extra["response_table"]
@@ -306,7 +306,7 @@ def test_layer_flow_is_trained_first_saved_and_gives_the_layer_energies(data, tm
     checkpoint; generated showers keep the drawn empty layers and the flow's E_tot (with
     ``keep_total``), and their layer energies are the flow's where nothing is thresholded or,
     with ``keep_layers`` (the presets), wherever a voxel passes."""
-    setup = _setup("calochallenge", layer_flow=True, layer_flow_steps=20, keep_layers=False)
+    setup = _setup("calochallenge", layer_flow_steps=20, keep_layers=False, hit_quanta=False)
     run = train_calo(setup, data / "cc.h5", tmp_path / "run", progress=False)
     model = load_calo_model(run)
     stage1 = model.extra["layer_flow"]

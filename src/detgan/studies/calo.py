@@ -213,8 +213,11 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
     # calochallenge quick/full: two stages (empty layers drawn from a training event, layer
     # energies from a flow trained first, the WGAN shares within the layers; session 8),
     # critic in MeV units that also sees the occupancies; one learnt noise per voxel whose
-    # scale runs with log E_inc (sessions 6 and 8: widths, sparsities, results.md)
-    cc_data = CaloDataConfig(threshold_fakes=True, keep_total=True, keep_layers=True)
+    # scale runs with log E_inc (sessions 6 and 8: widths, sparsities, results.md); cells as
+    # whole numbers of the training showers' deposit quantum (session 9: sparsities, HL AUC)
+    cc_data = CaloDataConfig(
+        threshold_fakes=True, keep_total=True, keep_layers=True, hit_quanta=True
+    )
     cc_ours = cc(
         condition_response=True,
         condition_layers=True,
