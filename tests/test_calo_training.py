@@ -14,7 +14,7 @@ import torch
 from detgan.cli import main
 from detgan.io.showers import load_showers, save_showers
 from detgan.models.calo import build_calo_models
-from detgan.sim.calorimeter import CaloSimConfig, simulate
+from detgan.sim.calorimeter import CaloSimConfig, file_attrs, simulate
 from detgan.studies.calo import (
     CALO_PRESETS,
     _fit_boxcox,
@@ -59,8 +59,9 @@ GEOMETRY = {
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("calo")
     for kind, geo in GEOMETRY.items():
-        showers = simulate(CaloSimConfig(geometry=geo, batch_size=60), 60, seed=3)
-        save_showers(showers, root / FILES[kind])
+        cfg = CaloSimConfig(geometry=geo, batch_size=60)
+        attrs = file_attrs(cfg, 3, 60) if kind == "dense" else None  # as detgan simulate calo
+        save_showers(simulate(cfg, 60, seed=3), root / FILES[kind], attrs=attrs)
     return root
 
 
@@ -201,6 +202,35 @@ def test_hit_quanta_generates_whole_deposits_and_keeps_the_layer_energies(data, 
     with pytest.raises(DetganError, match="hit_quanta is for dense and calochallenge"):
         train_calo(_setup("lhcb-conv", hit_quanta=True), data / "lhcb.npz", tmp_path / "l")
     assert not (tmp_path / "l").exists()
+
+
+def test_cell_noise_adds_the_files_electronic_noise_before_the_threshold(data, tmp_path):
+    """``cell_noise``: σ_n per cell from the training file's provenance (atlas-cluster: Middle
+    66.7, Strip 20, Presampler 40, Back 66.7 MeV); a generated cell far above its threshold
+    is the noiseless one plus N(0, σ_n)."""
+    setup = _setup("dense", cell_noise=True)
+    run = train_calo(setup, data / "atlas.h5", tmp_path / "run", progress=False)
+    model = load_calo_model(run)
+    sigma = np.asarray(model.extra["cell_noise"])
+    layout = model.layout
+    want = {"middle": 200 / 3, "strip": 20.0, "presampler": 40.0, "back": 200 / 3}
+    for k, name in enumerate(layout.layer_names):
+        np.testing.assert_allclose(sigma[layout.layer_slice(k)], want[name])
+    e_tot = np.full(400, 2e5)
+    noisy = model.sample(e_tot, seed=0)
+    model.setup = dataclasses.replace(model.setup, data=setup.data.replace(cell_noise=False))
+    clean = model.sample(e_tot, seed=0)
+    far = clean > 200.0 + 6 * sigma  # passes with and without noise
+    assert far.sum() > 1000
+    pull = (noisy - clean)[far] / np.broadcast_to(sigma, clean.shape)[far]
+    assert abs(pull.mean()) < 0.1 and abs(pull.std() - 1.0) < 0.1
+    with pytest.raises(DetganError, match="cell_noise needs the cells' electronic noise"):
+        train_calo(_setup("calochallenge", cell_noise=True), data / "cc.h5", tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # ds-1 photons have no noise: refused first
+    bare = tmp_path / "bare.h5"  # saved without the provenance of detgan simulate calo
+    save_showers(load_showers(data / "atlas.h5"), bare)
+    with pytest.raises(DetganError, match="does not record"):
+        train_calo(setup, bare, tmp_path / "b")
 
 
 @pytest.mark.parametrize("kind", ["dense", "calochallenge"])
@@ -498,6 +528,7 @@ def test_priors_are_fitted_on_the_training_showers_and_saved(data, tmp_path):
         ),
         ("calochallenge", {"layer_flow": True, "layer_flow_steps": 20, "keep_layers": True}),
         ("calochallenge", {"hit_quanta": True}),
+        ("dense", {"cell_noise": True}),
     ],
 )
 def test_resume_is_exact(kind, extra, data, tmp_path):

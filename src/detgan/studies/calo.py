@@ -122,7 +122,11 @@ class CaloDataConfig(Config):
     quantum q(E), so a cell is empty with the probability of no deposit; the generated cells
     are turned into k ~ Poisson(E_cell/q) deposits of q (:func:`hit_quanta`, measured on the
     training showers), before the threshold, in training (straight-through gradient) and in
-    generation. For noiseless voxel files; the smallest cell of a noisy file is no quantum."""
+    generation. For noiseless voxel files; the smallest cell of a noisy file is no quantum.
+    ``cell_noise`` (dense, calochallenge; not in [K]): Gaussian electronic noise of the
+    training file's per-layer σ_n (its ``geometry_json`` attribute, written by ``detgan
+    simulate calo``) is added to the generated cells before the threshold, in training and in
+    generation, as the reference simulation does (calorimeter.md §2.5)."""
 
     epochs: float = 0.0
     max_events: int = 0
@@ -136,6 +140,7 @@ class CaloDataConfig(Config):
     keep_layers: bool = False
     balance_energies: bool = False
     hit_quanta: bool = False
+    cell_noise: bool = False
 
     def validate(self) -> None:
         require(self.epochs >= 0, "epochs must be >= 0 (0: use iterations)")
@@ -621,6 +626,23 @@ def _load_training(path: str | os.PathLike, setup: CaloSetup, max_events: int):
     return showers, cells[keep], cond[keep]
 
 
+def _cell_noise(showers: Showers, path: Any) -> list[float]:
+    """σ_n (V,) MeV per cell: the per-layer electronic noise of the file's provenance
+    (``geometry_json``'s ``noise_mev``, one entry per layer slot)."""
+    layout, raw = showers.layout, showers.meta.get("attrs", {}).get("geometry_json")
+    noise = json.loads(raw).get("noise_mev") if raw else None
+    require(
+        bool(noise) and max(noise) > 0,
+        f"cell_noise needs the cells' electronic noise, which '{path}' does not record "
+        "(files of detgan simulate calo with noise do); drop --set cell_noise=true",
+    )
+    names = getattr(layout, "layer_names", None)
+    out = np.zeros(layout.n_cells)
+    for k in range(len(names)) if names is not None else layout.relevant_layers:
+        out[layout.layer_slice(k)] = noise[k]
+    return out.tolist()
+
+
 def _check_layout(kind: str, layout: Any, path: Any) -> None:
     is_cc = getattr(layout, "kind", "") == "calochallenge"
     if kind == "calochallenge":
@@ -685,12 +707,14 @@ def _problem(
     transforms: dict[str, Transform] | None = None,
     sizes: Sequence[int] = (),
     quanta: Tensor | None = None,
+    noise: Tensor | None = None,
 ):
     """Real batches drawn with replacement; fakes carry the real batch's labels. Given
     ``energy`` (N,), the batch also carries the energy E that the fractions refer to (lhcb-conv
     with ``energy_sharing``: the real event's E_tot; its ``transforms`` map fakes to network
     units). ``sizes``: cells per layer (flat order), for ``keep_layers``; ``quanta`` (N,) MeV:
-    the events' deposit quanta, for ``hit_quanta``."""
+    the events' deposit quanta, for ``hit_quanta``; ``noise`` (V,) MeV: σ_n per cell, for
+    ``cell_noise``."""
     require(not _lhcb_shares(setup) or energy is not None, "energy_sharing needs E_tot")
     to_net = _fake_to_net(kind, setup, transforms)
     gate = setup.data.threshold_fakes and (kind != "lhcb-conv" or _lhcb_shares(setup))
@@ -715,6 +739,9 @@ def _problem(
         flat = out.reshape(len(out), -1)
         if quanta is not None:
             out = straight_through_hits(flat, batch["e"], batch["q"], rng)
+        if noise is not None:
+            eps = torch.randn(flat.shape, generator=rng).to(flat.device)
+            out = out.reshape(flat.shape) + eps * noise / batch["e"][:, None]
         if gate:
             out = straight_through_threshold(out.reshape(len(out), -1), batch["e"], thresholds)
             if setup.data.keep_layers:
@@ -843,18 +870,14 @@ def train_calo(
     exactly from the checkpoint (its stored configuration wins). ``until`` stops early at that
     iteration. Returns the run directory.
     """
-    require(
-        setup.model_kind != "lhcb-conv" or not setup.data.balance_energies,
-        "balance_energies is for dense and calochallenge (one conditioning energy)",
-    )
-    require(
-        setup.model_kind != "lhcb-conv" or not setup.data.keep_layers,
-        "keep_layers is for dense and calochallenge (showers in layers)",
-    )
-    require(
-        setup.model_kind != "lhcb-conv" or not setup.data.hit_quanta,
-        "hit_quanta is for dense and calochallenge (cell energies, no Box-Cox)",
-    )
+    for name in ("balance_energies", "keep_layers", "hit_quanta", "cell_noise"):
+        require(
+            setup.model_kind != "lhcb-conv" or not getattr(setup.data, name),
+            f"{name} is for dense and calochallenge (showers in layers), not lhcb-conv",
+        )
+    sigma = None  # checked before anything is written
+    if setup.data.cell_noise and not resume:
+        sigma = _cell_noise(load_showers(data_path, stop=1), data_path)
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume, overwrite)
     dev = resolve_device(device)
@@ -899,14 +922,19 @@ def train_calo(
         "data_path": str(Path(data_path).resolve()),
         "package_version": __version__,
     }
-    quanta = None
-    if setup.data.hit_quanta:  # measured on the training showers; the same table on resume
-        if state is None:
-            extra["hit_quanta"] = hit_quanta(cells, _first_energy(cond))
-        else:
-            extra["hit_quanta"] = state["extra"]["hit_quanta"]
+    measured = {  # from the training file; the stored values on resume
+        "hit_quanta": lambda: hit_quanta(cells, _first_energy(cond)),
+        "cell_noise": lambda: sigma,
+    }
+    for key, measure in measured.items():
+        if getattr(setup.data, key):
+            extra[key] = measure() if state is None else state["extra"][key]
+    quanta = noise = None
+    if setup.data.hit_quanta:
         q = quantum_at(extra["hit_quanta"], _first_energy(cond))
         quanta = torch.from_numpy(q).float().to(dev)
+    if setup.data.cell_noise:
+        noise = torch.tensor(extra["cell_noise"]).float().to(dev)
     if _uses_flow(setup):  # stage 1, trained once before the WGAN and kept on resume
         if state is not None:
             extra["layer_flow"] = state["extra"]["layer_flow"]
@@ -920,7 +948,9 @@ def train_calo(
     noise_dim = models["generator"].noise_dim
     trainer = Trainer(
         {"generator": models["generator"], "critic": models["critic"]},
-        _problem(kind, setup, x, y, noise_dim, energy, thresholds, transforms, sizes, quanta),
+        _problem(
+            kind, setup, x, y, noise_dim, energy, thresholds, transforms, sizes, quanta, noise
+        ),
         setup.train,
         run_dir,
         config_json=setup.to_json(),
@@ -1001,11 +1031,14 @@ class CaloModel:
             shared = np.clip(_shared_energy(cond, n_e), 0, None)
             cells = (raw * torch.from_numpy(shared)[:, None]).numpy()
         sizes = _layer_sizes(self.layout) if self.setup.data.keep_layers else None
-        thresholds = _cell_thresholds(self.layout)
-        if not self.setup.data.hit_quanta:
-            return _threshold(cells, thresholds, keep, sizes)
-        q = quantum_at(self.extra["hit_quanta"], _first_energy(cond))
-        return _threshold(whole_hits(cells, q, int(seed) + 13), thresholds, keep, sizes, cells)
+        read_out = cells  # the detector's response: deposits, then electronic noise
+        if self.setup.data.hit_quanta:
+            q = quantum_at(self.extra["hit_quanta"], _first_energy(cond))
+            read_out = whole_hits(read_out, q, int(seed) + 13)
+        if self.setup.data.cell_noise:
+            eps = np.random.default_rng(int(seed) + 17).standard_normal(cells.shape)
+            read_out = read_out + eps * np.asarray(self.extra["cell_noise"])
+        return _threshold(read_out, _cell_thresholds(self.layout), keep, sizes, cells)
 
 
 def load_calo_model(run_dir: str | os.PathLike, device: str = "cpu") -> CaloModel:
