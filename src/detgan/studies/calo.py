@@ -217,9 +217,9 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
     lhcb_ours = {"energy_sharing": True, "aligned_prior": True}
     # calochallenge quick/full: two stages (empty layers drawn from a training event, layer
     # energies from a flow trained first, the WGAN shares within the layers; session 8),
-    # critic in MeV units that also sees the occupancies; one learnt noise per voxel whose
-    # scale runs with log E_inc (sessions 6 and 8: widths, sparsities, results.md); cells as
-    # whole numbers of the training showers' deposit quantum (session 9: sparsities, HL AUC)
+    # critic in MeV units that also sees the occupancies; cells as whole numbers of the
+    # training showers' deposit quantum, which replaces the learnt voxel noise of sessions 6
+    # and 8 (session 9: sparsities, widths, HL AUC; results.md)
     cc_data = CaloDataConfig(
         threshold_fakes=True, keep_total=True, keep_layers=True, hit_quanta=True
     )
@@ -228,10 +228,8 @@ def _presets() -> dict[str, dict[str, CaloSetup]]:
         condition_layers=True,
         critic_mev_scale=1.0,
         critic_layer_fractions=True,
-        voxel_noise=0.5,
         layer_flow=True,
         critic_occupancy=True,
-        voxel_noise_slope=True,
     )
     return {
         "dense": {  # [K]: 100 latent, 3 × 128, λ = 10, n_critic = 5, 1000 epochs
