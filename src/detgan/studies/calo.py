@@ -920,18 +920,13 @@ def train_calo(
         "data_path": str(Path(data_path).resolve()),
         "package_version": __version__,
     }
-    measured = {  # from the training file; the stored values on resume
-        "hit_quanta": lambda: hit_quanta(cells, _first_energy(cond)),
-        "cell_noise": lambda: sigma,
-    }
-    for key, measure in measured.items():
-        if getattr(setup.data, key):
-            extra[key] = measure() if state is None else state["extra"][key]
-    quanta = noise = None
-    if setup.data.hit_quanta:
+    stored, quanta, noise = (state or {}).get("extra", {}), None, None
+    if setup.data.hit_quanta:  # measured on the training file (the stored table on resume)
+        extra["hit_quanta"] = stored.get("hit_quanta") or hit_quanta(cells, _first_energy(cond))
         q = quantum_at(extra["hit_quanta"], _first_energy(cond))
         quanta = torch.from_numpy(q).float().to(dev)
-    if setup.data.cell_noise:
+    if setup.data.cell_noise:  # from the file's provenance (stored on resume)
+        extra["cell_noise"] = stored.get("cell_noise") or sigma
         noise = torch.tensor(extra["cell_noise"]).float().to(dev)
     if _uses_flow(setup):  # stage 1, trained once before the WGAN and kept on resume
         if state is not None:
