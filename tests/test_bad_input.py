@@ -613,6 +613,18 @@ def test_zip_bomb_like_npz_header_is_refused(workdir):
     TRIED["lhcb:npz-header-absurd:refused"] += 1
 
 
+def test_a_dataset_name_with_a_newline_gives_a_one_line_message(workdir):
+    """Found by ``test_many_damaged_files``: a damaged name ('\\nncident_energies') used to be
+    printed as it is, breaking the message over two lines."""
+    path = workdir / "newline.h5"
+    with h5py.File(path, "w") as f:
+        f["\nncident_energies"] = np.ones((N, 1))
+        f["showers"] = np.ones((N, 368))
+    with pytest.raises(DetganError, match=r"it has: \\nncident_energies, showers") as info:
+        load_showers(path, format="calochallenge")
+    _one_line(info.value, path)
+
+
 def test_binning_xml_garbage_is_refused(workdir):
     from detgan.io.calochallenge import parse_binning
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from detgan.io.native import printable
 from detgan.io.showers import Showers, describe_events, nonfinite_events
 from detgan.sim.geometry import GridLayer, GridLayout, Layout
 from detgan.utils import DetganError, atomic_output, check_output_path
@@ -90,7 +91,7 @@ def _check(path: Any, data: dict[str, np.ndarray]) -> int:
         if key not in data:
             raise DetganError(
                 f"file '{path}' has no array '{key}' "
-                f"(it has: {', '.join(sorted(data)) or 'none'}); "
+                f"(it has: {', '.join(sorted(map(printable, data))) or 'none'}); "
                 "an LHCb file needs EnergyDeposit, ParticlePoint and ParticleMomentum"
             )
     shapes = {"ParticlePoint": ((3,), (2,)), "ParticleMomentum": ((3,),)}

@@ -150,10 +150,16 @@ def write_arrays(
     return Path(path)
 
 
+def printable(name: str | bytes) -> str:
+    """A stored name as one line of text for a message: bytes decoded, control characters
+    (a damaged file's names can hold newlines) escaped."""
+    text = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def root_names(f: h5py.File) -> list[str]:
-    """Sorted names of a file's root objects as text (a damaged file can carry names that
-    h5py cannot decode and returns as bytes)."""
-    return sorted(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in f.keys())
+    """Sorted names of a file's root objects as printable text (:func:`printable`)."""
+    return sorted(printable(n) for n in f.keys())
 
 
 @contextlib.contextmanager
