@@ -387,11 +387,6 @@ def _energies(cond: np.ndarray, n_energies: int) -> np.ndarray:
     return cond[:, 0] if n_energies == 1 else cond[:, :n_energies]
 
 
-def _first_energy(cond: np.ndarray) -> np.ndarray:
-    """(N,) the first energy column of raw conditions (E_inc; E_tot for dense)."""
-    return cond if cond.ndim == 1 else cond[:, 0]
-
-
 def _shared_energy(cond: np.ndarray, n_energies: int) -> np.ndarray:
     """(N,) the energy the generator's fractions refer to: the last energy column (E_tot for
     dense and for calochallenge with ``condition_response``, else E_inc)."""
@@ -922,9 +917,9 @@ def train_calo(
     }
     stored, quanta, noise = (state or {}).get("extra", {}), None, None
     if setup.data.hit_quanta:  # measured on the training file (the stored table on resume)
-        extra["hit_quanta"] = stored.get("hit_quanta") or hit_quanta(cells, _first_energy(cond))
-        q = quantum_at(extra["hit_quanta"], _first_energy(cond))
-        quanta = torch.from_numpy(q).float().to(dev)
+        first = _energies(cond, 1)  # E_inc (E_tot for dense)
+        extra["hit_quanta"] = stored.get("hit_quanta") or hit_quanta(cells, first)
+        quanta = torch.from_numpy(quantum_at(extra["hit_quanta"], first)).float().to(dev)
     if setup.data.cell_noise:  # from the file's provenance (stored on resume)
         extra["cell_noise"] = stored.get("cell_noise") or sigma
         noise = torch.tensor(extra["cell_noise"]).float().to(dev)
@@ -1026,7 +1021,7 @@ class CaloModel:
         sizes = _layer_sizes(self.layout) if self.setup.data.keep_layers else None
         read_out = cells  # the detector's response: deposits, then electronic noise
         if self.setup.data.hit_quanta:
-            q = quantum_at(self.extra["hit_quanta"], _first_energy(cond))
+            q = quantum_at(self.extra["hit_quanta"], _energies(cond, 1))
             read_out = whole_hits(read_out, q, int(seed) + 13)
         if self.setup.data.cell_noise:
             eps = np.random.default_rng(int(seed) + 17).standard_normal(cells.shape)
