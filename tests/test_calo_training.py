@@ -16,6 +16,7 @@ from detgan.io.showers import load_showers, save_showers
 from detgan.models.calo import build_calo_models
 from detgan.sim.calorimeter import CaloSimConfig, file_attrs, simulate
 from detgan.studies.calo import (
+    ATLAS_THRESHOLDS,
     CALO_PRESETS,
     _fit_boxcox,
     _layer_energies,
@@ -126,6 +127,35 @@ def test_keep_total_scales_the_cells_that_pass_back_to_the_shower_total():
     layers = torch.stack([frac[:, :2].sum(1), frac[:, 2:].sum(1)], 1).detach()
     out = rescaled_to(gated, layers, [2, 2])
     torch.testing.assert_close(out.detach(), torch.from_numpy(by_layer / 100).float())
+
+
+def test_keep_flags_puts_a_lost_layer_into_its_hottest_cell():
+    """``keep_flags``: a layer whose cells all fall below the threshold keeps its energy in
+    its hottest cell (numpy generation and torch training alike); empty layers stay empty."""
+    from detgan.studies.calo import _threshold, rescaled_to
+
+    read_out = np.array([[50.0, 30.0, 4.0, 7.0, 0.0, 0.0], [5.0, 25.0, 12.0, 3.0, 0.0, 0.0]])
+    before = np.array([[50.0, 30.0, 5.0, 6.0, 0.0, 0.0], [6.0, 24.0, 12.0, 3.0, 0.0, 0.0]])
+    sizes = [2, 2, 2]
+    plain = _threshold(read_out, 10.0, True, sizes, before)
+    np.testing.assert_allclose(plain, [[50, 30, 0, 0, 0, 0], [0, 30, 15, 0, 0, 0]])
+    kept = _threshold(read_out, 10.0, True, sizes, before, keep_flags=True)
+    np.testing.assert_allclose(kept, [[50, 30, 0, 11, 0, 0], [0, 30, 15, 0, 0, 0]])
+    frac = torch.from_numpy(before / 100).float().requires_grad_(True)
+    gated = straight_through_threshold(
+        torch.from_numpy(read_out / 100).float(), torch.full((2,), 100.0), torch.full((6,), 10.0)
+    )
+    total = torch.stack([frac[:, 2 * k : 2 * k + 2].sum(1) for k in range(3)], 1)
+    out = rescaled_to(gated, total, sizes, hottest_of=torch.from_numpy(read_out).float())
+    torch.testing.assert_close(out.detach(), torch.from_numpy(kept / 100).float())
+    out[0, 3].backward()  # the filled cell is the layer's total: its gradient reaches the layer
+    torch.testing.assert_close(frac.grad[0], torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0]))
+    with pytest.raises(DetganError, match="keep_flags needs keep_layers"):
+        calo_preset("dense", "quick").with_overrides({"keep_flags": True})
+    with pytest.raises(DetganError, match="it needs condition_layers=true"):
+        train_calo(
+            _setup("dense", keep_layers=True, keep_flags=True), "no.h5", "nowhere", progress=False
+        )
 
 
 def test_hit_quanta_measures_the_spot_energy_of_the_reference_showers():
@@ -557,8 +587,29 @@ def test_every_model_has_three_presets():
 
 
 def test_wrong_file_for_model_is_a_one_line_error(data, tmp_path):
-    with pytest.raises(DetganError, match="is not a CaloChallenge file; use --model dense"):
-        train_calo(_setup("calochallenge"), data / "atlas.h5", tmp_path / "r", progress=False)
+    with pytest.raises(DetganError, match="is an LHCb ECAL file, .*use --model lhcb-conv"):
+        train_calo(_setup("calochallenge"), data / "lhcb.npz", tmp_path / "r", progress=False)
+    with pytest.raises(DetganError, match="is not an LHCb ECAL"):
+        train_calo(_setup("lhcb-conv"), data / "atlas.h5", tmp_path / "r", progress=False)
+
+
+def test_calochallenge_model_trains_on_atlas_clusters_with_their_noise(data, tmp_path):
+    """The layered WGAN takes any file of showers in layers: on atlas-cluster it trains with
+    the file's noise (hit_quanta is refused there: noise hides the quantum) and generates
+    ATLAS clusters with their per-layer thresholds."""
+    with pytest.raises(DetganError, match="hit_quanta needs noiseless cells.*67 MeV"):
+        train_calo(_setup("calochallenge"), data / "atlas.h5", tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+    setup = _setup("calochallenge", hit_quanta=False, cell_noise=True)
+    run = train_calo(setup, data / "atlas.h5", tmp_path / "run", progress=False)
+    out = tmp_path / "gen.h5"
+    generate_calo(run, 30, str(data / "atlas.h5"), 1, out)
+    gen = load_showers(out)
+    assert gen.layout.name == "atlas-cluster" and gen.cells.shape == (30, 89)
+    for k, name in enumerate(gen.layout.layer_names):
+        layer = gen.cells[:, gen.layout.layer_slice(k)]
+        assert ((layer == 0) | (layer >= ATLAS_THRESHOLDS[name])).all()
+    assert (gen.cells.sum(1) > 0).all()
 
 
 def test_cli_train_generate_dispatch(data, tmp_path, capsys):

@@ -126,7 +126,11 @@ class CaloDataConfig(Config):
     ``cell_noise`` (dense, calochallenge; not in [K]): Gaussian electronic noise of the
     training file's per-layer σ_n (its ``geometry_json`` attribute, written by ``detgan
     simulate calo``) is added to the generated cells before the threshold, in training and in
-    generation, as the reference simulation does (calorimeter.md §2.5)."""
+    generation, as the reference simulation does (calorimeter.md §2.5). ``keep_flags`` (with
+    ``keep_layers`` and the model's ``condition_layers``; not in [K]): a layer that the
+    drawn flags say is on keeps its energy even when no cell passes the threshold (after
+    the deposits and the noise): its hottest cell carries it, so that the generated showers
+    have the empty layers of the training data, not more."""
 
     epochs: float = 0.0
     max_events: int = 0
@@ -141,6 +145,7 @@ class CaloDataConfig(Config):
     balance_energies: bool = False
     hit_quanta: bool = False
     cell_noise: bool = False
+    keep_flags: bool = False
 
     def validate(self) -> None:
         require(self.epochs >= 0, "epochs must be >= 0 (0: use iterations)")
@@ -150,6 +155,7 @@ class CaloDataConfig(Config):
         require(self.regressor_steps >= 0, "regressor_steps must be >= 0")
         require(self.regressor_lr > 0, "regressor_lr must be positive")
         require(self.boxcox_shift > 0, "boxcox_shift must be positive (MeV)")
+        require(self.keep_layers or not self.keep_flags, "keep_flags needs keep_layers=true")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,11 +317,13 @@ def _threshold(
     keep_total: bool = False,
     layer_sizes: Sequence[int] | None = None,
     before: np.ndarray | None = None,
+    keep_flags: bool = False,
 ) -> np.ndarray:
     """Cells (N, V) below ``thresholds`` (V,) or a scalar zeroed; ``keep_total``: the rest
-    scaled so that each row keeps its sum (rows with nothing left stay 0), or with
-    ``layer_sizes`` (cells per layer in flat order) so that each layer keeps its sum; the sums
-    kept are those of ``before`` (N, V) when given (default ``cells``)."""
+    scaled so that each row keeps its sum (rows with nothing left stay 0, or with
+    ``keep_flags`` put into their hottest cell), or with ``layer_sizes`` (cells per layer in
+    flat order) so that each layer keeps its sum; the sums kept are those of ``before`` (N, V)
+    when given (default ``cells``)."""
     kept = np.where(cells < thresholds, 0.0, cells)
     if not keep_total:
         return kept
@@ -324,7 +332,13 @@ def _threshold(
     full = cells if before is None else before
     before, after = (np.add.reduceat(a, starts, axis=1) for a in (full, kept))
     scale = np.divide(before, after, out=np.ones_like(after), where=after > 0)
-    return kept * np.repeat(scale, sizes, axis=1)
+    kept = kept * np.repeat(scale, sizes, axis=1)
+    if keep_flags:
+        for k, (start, size) in enumerate(zip(starts, sizes)):
+            rows = np.flatnonzero((after[:, k] == 0) & (before[:, k] > 0))
+            hottest = start + cells[rows, start : start + size].argmax(1)
+            kept[rows, hottest] = before[rows, k]
+    return kept
 
 
 def _layer_sizes(layout: Any) -> list[int]:
@@ -619,11 +633,17 @@ def _load_training(path: str | os.PathLike, setup: CaloSetup, max_events: int):
     return showers, cells[keep], cond[keep]
 
 
+def _recorded_noise(showers: Showers) -> list[float]:
+    """The per-layer electronic noise σ_n (MeV) of the file's provenance (``geometry_json``'s
+    ``noise_mev``, written by ``detgan simulate calo``); empty when the file records none."""
+    raw = showers.meta.get("attrs", {}).get("geometry_json")
+    return list(json.loads(raw).get("noise_mev") or []) if raw else []
+
+
 def _cell_noise(showers: Showers, path: Any) -> list[float]:
     """σ_n (V,) MeV per cell: the per-layer electronic noise of the file's provenance
-    (``geometry_json``'s ``noise_mev``, one entry per layer slot)."""
-    layout, raw = showers.layout, showers.meta.get("attrs", {}).get("geometry_json")
-    noise = json.loads(raw).get("noise_mev") if raw else None
+    (one entry per layer slot)."""
+    layout, noise = showers.layout, _recorded_noise(showers)
     require(
         bool(noise) and max(noise) > 0,
         f"cell_noise needs the cells' electronic noise, which '{path}' does not record "
@@ -636,15 +656,25 @@ def _cell_noise(showers: Showers, path: Any) -> list[float]:
     return out.tolist()
 
 
+def _check_noiseless(showers: Showers, path: Any) -> None:
+    """``hit_quanta`` measures the quantum as the smallest non-zero cell, which noise hides."""
+    noise = _recorded_noise(showers)
+    require(
+        not noise or max(noise) <= 0,
+        f"hit_quanta needs noiseless cells, but '{path}' records electronic noise (σ_n up to "
+        f"{max(noise or [0]):.0f} MeV per cell); use --set hit_quanta=false --set cell_noise=true",
+    )
+
+
 def _check_layout(kind: str, layout: Any, path: Any) -> None:
-    is_cc = getattr(layout, "kind", "") == "calochallenge"
-    if kind == "calochallenge":
-        require(is_cc, f"'{path}' is not a CaloChallenge file; use --model dense for grid layouts")
-    if kind == "lhcb-conv":
+    is_lhcb = getattr(layout, "name", "") == "lhcb-ecal"
+    if kind == "calochallenge":  # any file of showers in layers, labelled by E_inc
         require(
-            getattr(layout, "name", "") == "lhcb-ecal",
-            f"'{path}' is not an LHCb ECAL (30x30) file; --model lhcb-conv needs one",
+            not is_lhcb,
+            f"'{path}' is an LHCb ECAL file, conditioned on the track; use --model lhcb-conv",
         )
+    if kind == "lhcb-conv":
+        require(is_lhcb, f"'{path}' is not an LHCb ECAL (30x30) file; --model lhcb-conv needs one")
 
 
 # ----------------------------------------------------------------------------------- training
@@ -667,15 +697,31 @@ def straight_through_hits(
     return frac + (hits / scale - frac).detach()
 
 
-def rescaled_to(kept: Tensor, total: Tensor, layer_sizes: Sequence[int] | None = None) -> Tensor:
+def rescaled_to(
+    kept: Tensor,
+    total: Tensor,
+    layer_sizes: Sequence[int] | None = None,
+    hottest_of: Tensor | None = None,
+) -> Tensor:
     """Rows of ``kept`` (N, V) scaled to sum to ``total`` (N,); rows summing to 0 unchanged
     (and without a gradient through the scale). With ``layer_sizes`` (cells per layer, flat
-    order) each layer's cells are scaled to its ``total`` (N, L) instead."""
+    order) each layer's cells are scaled to its ``total`` (N, L) instead. With ``hottest_of``
+    (N, V; ``keep_flags``) a layer with nothing kept but a positive total gets the total in
+    the cell where ``hottest_of`` is largest."""
     sizes = list(layer_sizes or [kept.shape[1]])
+    total = total.reshape(len(kept), len(sizes))
     after = layer_sums(kept, sizes)
     ok = after > 0
-    scale = torch.where(ok, total.reshape(after.shape) / torch.where(ok, after, 1.0), 1.0)
-    return kept * torch.repeat_interleave(scale, torch.tensor(sizes, device=kept.device), dim=1)
+    scale = torch.where(ok, total / torch.where(ok, after, 1.0), 1.0)
+    out = kept * torch.repeat_interleave(scale, torch.tensor(sizes, device=kept.device), dim=1)
+    if hottest_of is None:
+        return out
+    fill = []
+    for k, part in enumerate(torch.split(hottest_of, sizes, dim=1)):
+        one_hot = nn.functional.one_hot(part.argmax(1), part.shape[1]).to(out.dtype)
+        lost = (~ok[:, k] & (total[:, k] > 0)).to(out.dtype)
+        fill.append(one_hot * (lost * total[:, k])[:, None])
+    return out + torch.cat(fill, 1)
 
 
 def energy_balance_weights(log_e: Tensor, bins: int = 30) -> Tensor:
@@ -736,9 +782,11 @@ def _problem(
             eps = torch.randn(flat.shape, generator=rng).to(flat.device)
             out = out.reshape(flat.shape) + eps * noise / batch["e"][:, None]
         if gate:
-            out = straight_through_threshold(out.reshape(len(out), -1), batch["e"], thresholds)
+            read_out = out.reshape(len(out), -1)
+            out = straight_through_threshold(read_out, batch["e"], thresholds)
             if setup.data.keep_layers:
-                out = rescaled_to(out, layer_sums(flat, sizes), sizes)
+                hottest = read_out if setup.data.keep_flags else None
+                out = rescaled_to(out, layer_sums(flat, sizes), sizes, hottest)
             elif setup.data.keep_total:
                 out = rescaled_to(out, flat.sum(1))
         return to_net(out, batch.get("e")), batch["y"]
@@ -868,9 +916,17 @@ def train_calo(
             setup.model_kind != "lhcb-conv" or not getattr(setup.data, name),
             f"{name} is for dense and calochallenge (showers in layers), not lhcb-conv",
         )
+    require(
+        not setup.data.keep_flags or bool(getattr(setup.model, "condition_layers", False)),
+        "keep_flags keeps the drawn layer flags; it needs condition_layers=true",
+    )
     sigma = None  # checked before anything is written
-    if setup.data.cell_noise and not resume:
-        sigma = _cell_noise(load_showers(data_path, stop=1), data_path)
+    if (setup.data.cell_noise or setup.data.hit_quanta) and not resume:
+        first = load_showers(data_path, stop=1)
+        if setup.data.hit_quanta:
+            _check_noiseless(first, data_path)
+        if setup.data.cell_noise:
+            sigma = _cell_noise(first, data_path)
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume, overwrite)
     dev = resolve_device(device)
@@ -1026,7 +1082,8 @@ class CaloModel:
         if self.setup.data.cell_noise:
             eps = np.random.default_rng(int(seed) + 17).standard_normal(cells.shape)
             read_out = read_out + eps * np.asarray(self.extra["cell_noise"])
-        return _threshold(read_out, _cell_thresholds(self.layout), keep, sizes, cells)
+        flags = self.setup.data.keep_flags
+        return _threshold(read_out, _cell_thresholds(self.layout), keep, sizes, cells, flags)
 
 
 def load_calo_model(run_dir: str | os.PathLike, device: str = "cpu") -> CaloModel:
