@@ -141,6 +141,9 @@ def test_keep_flags_puts_a_lost_layer_into_its_hottest_cell():
     np.testing.assert_allclose(plain, [[50, 30, 0, 0, 0, 0], [0, 30, 15, 0, 0, 0]])
     kept = _threshold(read_out, 10.0, True, sizes, before, keep_flags=True)
     np.testing.assert_allclose(kept, [[50, 30, 0, 11, 0, 0], [0, 30, 15, 0, 0, 0]])
+    low = before * [1, 1, 0.4, 0.4, 1, 1]  # a lost layer of 4.4 < 10: stays empty
+    np.testing.assert_allclose(_threshold(read_out, 10.0, True, sizes, low, keep_flags=True)[0],
+                               [50, 30, 0, 0, 0, 0])  # fmt: skip
     frac = torch.from_numpy(before / 100).float().requires_grad_(True)
     gated = straight_through_threshold(
         torch.from_numpy(read_out / 100).float(), torch.full((2,), 100.0), torch.full((6,), 10.0)
@@ -597,11 +600,11 @@ def test_calochallenge_model_trains_on_atlas_clusters_with_their_noise(data, tmp
     """The layered WGAN takes any file of showers in layers: on atlas-cluster it trains with
     the file's noise (hit_quanta is refused there: noise hides the quantum) and generates
     ATLAS clusters with their per-layer thresholds."""
-    with pytest.raises(DetganError, match="hit_quanta needs noiseless cells.*67 MeV"):
+    with pytest.raises(DetganError, match="hit_quanta needs noiseless cells.*67 MeV.*100"):
         train_calo(_setup("calochallenge"), data / "atlas.h5", tmp_path / "q")
     assert not (tmp_path / "q").exists()
-    setup = _setup("calochallenge", hit_quanta=False, cell_noise=True)
-    run = train_calo(setup, data / "atlas.h5", tmp_path / "run", progress=False)
+    atlas = {"hit_quanta": False, "cell_noise": True, "keep_flags": True, "critic_mev_scale": 100}
+    run = train_calo(_setup("calochallenge", **atlas), data / "atlas.h5", tmp_path / "run")
     out = tmp_path / "gen.h5"
     generate_calo(run, 30, str(data / "atlas.h5"), 1, out)
     gen = load_showers(out)

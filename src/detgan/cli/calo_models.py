@@ -31,10 +31,18 @@ def register(commands, groups) -> None:
         "calo",
         help="calorimeter WGANs: dense [Klein], LHCb conv [arXiv:1812.01319], CaloChallenge",
         description="Train a calorimeter WGAN-GP on a showers file (detgan ATLAS cluster, "
-        "LHCb .npz or CaloChallenge HDF5). Writes RUN/checkpoint.pt, history.jsonl and "
+        "CaloGAN, LHCb .npz or CaloChallenge HDF5). Writes RUN/checkpoint.pt, history.jsonl and "
         "config.json; --resume continues a stopped run exactly.",
     )
-    p.add_argument("--model", required=True, choices=MODELS, help="which model")
+    p.add_argument(
+        "--model",
+        required=True,
+        choices=MODELS,
+        help="dense: [K]'s, any grid file; lhcb-conv: LHCb .npz; calochallenge: the layered "
+        "WGAN, CaloChallenge files and any layered file (on ATLAS clusters add --set "
+        "hit_quanta=false --set cell_noise=true --set keep_flags=true --set "
+        "critic_mev_scale=100; docs/calo_models.md)",
+    )
     p.add_argument("--data", required=True, help="training showers file")
     p.add_argument(
         "--preset", default="quick", choices=PRESETS, help="hyper-parameters (default: %(default)s)"

@@ -129,8 +129,8 @@ class CaloDataConfig(Config):
     generation, as the reference simulation does (calorimeter.md §2.5). ``keep_flags`` (with
     ``keep_layers`` and the model's ``condition_layers``; not in [K]): a layer that the
     drawn flags say is on keeps its energy even when no cell passes the threshold (after
-    the deposits and the noise): its hottest cell carries it, so that the generated showers
-    have the empty layers of the training data, not more."""
+    the deposits and the noise): its hottest cell carries it if that passes the cell's
+    threshold, so that the generated showers have the empty layers of the training data."""
 
     epochs: float = 0.0
     max_events: int = 0
@@ -321,9 +321,9 @@ def _threshold(
 ) -> np.ndarray:
     """Cells (N, V) below ``thresholds`` (V,) or a scalar zeroed; ``keep_total``: the rest
     scaled so that each row keeps its sum (rows with nothing left stay 0, or with
-    ``keep_flags`` put into their hottest cell), or with ``layer_sizes`` (cells per layer in
-    flat order) so that each layer keeps its sum; the sums kept are those of ``before`` (N, V)
-    when given (default ``cells``)."""
+    ``keep_flags`` go into their hottest cell if the sum passes its threshold), or with
+    ``layer_sizes`` (cells per layer in flat order) so that each layer keeps its sum; the
+    sums kept are those of ``before`` (N, V) when given (default ``cells``)."""
     kept = np.where(cells < thresholds, 0.0, cells)
     if not keep_total:
         return kept
@@ -338,6 +338,7 @@ def _threshold(
             rows = np.flatnonzero((after[:, k] == 0) & (before[:, k] > 0))
             hottest = start + cells[rows, start : start + size].argmax(1)
             kept[rows, hottest] = before[rows, k]
+        kept = np.where(kept < thresholds, 0.0, kept)  # a filled cell must pass, too
     return kept
 
 
@@ -662,7 +663,9 @@ def _check_noiseless(showers: Showers, path: Any) -> None:
     require(
         not noise or max(noise) <= 0,
         f"hit_quanta needs noiseless cells, but '{path}' records electronic noise (σ_n up to "
-        f"{max(noise or [0]):.0f} MeV per cell); use --set hit_quanta=false --set cell_noise=true",
+        f"{max(noise or [0]):.0f} MeV per cell); use --set hit_quanta=false --set cell_noise=true "
+        "--set keep_flags=true --set critic_mev_scale=T (T ≈ the cell thresholds in MeV; "
+        "ATLAS clusters: 100)",
     )
 
 
@@ -787,6 +790,8 @@ def _problem(
             if setup.data.keep_layers:
                 hottest = read_out if setup.data.keep_flags else None
                 out = rescaled_to(out, layer_sums(flat, sizes), sizes, hottest)
+                if hottest is not None:  # a filled cell must pass, too
+                    out = straight_through_threshold(out, batch["e"], thresholds)
             elif setup.data.keep_total:
                 out = rescaled_to(out, flat.sum(1))
         return to_net(out, batch.get("e")), batch["y"]
