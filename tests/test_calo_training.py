@@ -18,6 +18,7 @@ from detgan.sim.calorimeter import CaloSimConfig, file_attrs, simulate
 from detgan.studies.calo import (
     ATLAS_THRESHOLDS,
     CALO_PRESETS,
+    NOISY_FILE_SETTINGS,
     _fit_boxcox,
     _layer_energies,
     calo_preset,
@@ -596,16 +597,32 @@ def test_wrong_file_for_model_is_a_one_line_error(data, tmp_path):
         train_calo(_setup("lhcb-conv"), data / "atlas.h5", tmp_path / "r", progress=False)
 
 
-def test_calochallenge_model_trains_on_atlas_clusters_with_their_noise(data, tmp_path):
-    """The layered WGAN takes any file of showers in layers: on atlas-cluster it trains with
-    the file's noise (hit_quanta is refused there: noise hides the quantum) and generates
-    ATLAS clusters with their per-layer thresholds."""
-    with pytest.raises(DetganError, match="hit_quanta needs noiseless cells.*67 MeV.*100"):
+def test_calochallenge_presets_generate_the_noise_of_a_noisy_file(data):
+    for name in ("quick", "full"):
+        noisy = calo_preset("calochallenge", name, data / "atlas.h5")
+        assert noisy == calo_preset("calochallenge", name).with_overrides(NOISY_FILE_SETTINGS)
+        assert noisy.data.cell_noise and noisy.data.keep_flags and not noisy.data.hit_quanta
+        assert calo_preset("calochallenge", name, data / "cc.h5") == calo_preset(
+            "calochallenge", name
+        )  # noiseless: whole deposits
+    for kind, name in (("dense", "quick"), ("calochallenge", "paper")):  # no hit_quanta there
+        assert calo_preset(kind, name, data / "atlas.h5") == calo_preset(kind, name)
+
+
+def test_calochallenge_model_trains_on_atlas_clusters_with_their_noise(data, tmp_path, capsys):
+    """The layered WGAN takes any file of showers in layers: on atlas-cluster its preset
+    generates the file's noise (hit_quanta is refused there: noise hides the quantum) and it
+    generates ATLAS clusters with their per-layer thresholds."""
+    with pytest.raises(DetganError, match="hit_quanta needs noiseless cells.*67 MeV"):
         train_calo(_setup("calochallenge"), data / "atlas.h5", tmp_path / "q")
     assert not (tmp_path / "q").exists()
-    atlas = {"hit_quanta": False, "cell_noise": True, "keep_flags": True, "critic_mev_scale": 100}
-    run = train_calo(_setup("calochallenge", **atlas), data / "atlas.h5", tmp_path / "run")
-    out = tmp_path / "gen.h5"
+    run, out = tmp_path / "run", tmp_path / "gen.h5"
+    sets = [x for k, v in TINY["calochallenge"].items() for x in ("--set", f"{k}={v}")]
+    argv = ["train", "calo", "--model", "calochallenge", "--data", str(data / "atlas.h5")]
+    assert main([*argv, *sets, "-o", str(run), "--device", "cpu"]) == 0  # the quick preset
+    assert "records electronic noise: the quick preset generates it" in capsys.readouterr().err
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["cell_noise"] and not config["data"]["hit_quanta"]
     generate_calo(run, 30, str(data / "atlas.h5"), 1, out)
     gen = load_showers(out)
     assert gen.layout.name == "atlas-cluster" and gen.cells.shape == (30, 89)

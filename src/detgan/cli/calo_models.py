@@ -39,9 +39,8 @@ def register(commands, groups) -> None:
         required=True,
         choices=MODELS,
         help="dense: [K]'s, any grid file; lhcb-conv: LHCb .npz; calochallenge: the layered "
-        "WGAN, CaloChallenge files and any layered file (on ATLAS clusters add --set "
-        "hit_quanta=false --set cell_noise=true --set keep_flags=true --set "
-        "critic_mev_scale=100; docs/calo_models.md)",
+        "WGAN, CaloChallenge files and any layered file (on a file with electronic noise, "
+        "e.g. ATLAS clusters, its quick/full presets generate the noise; docs/calo_models.md)",
     )
     p.add_argument("--data", required=True, help="training showers file")
     p.add_argument(
@@ -91,8 +90,14 @@ def register(commands, groups) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from detgan.studies.calo import calo_preset, train_calo
 
-    setup = configured(args, calo_preset(args.model, args.preset))
-    return run_training(args, args.model, setup, train_calo, args.data)
+    preset = calo_preset(args.model, args.preset, None if args.resume else args.data)
+    if preset != calo_preset(args.model, args.preset) and not args.quiet:
+        print(
+            f"detgan: '{args.data}' records electronic noise: the {args.preset} preset generates "
+            "it (cell_noise, keep_flags, critic_mev_scale=100) instead of whole deposits",
+            file=sys.stderr,
+        )
+    return run_training(args, args.model, configured(args, preset), train_calo, args.data)
 
 
 def run_study(args: argparse.Namespace) -> int:
