@@ -304,7 +304,11 @@ def calo_preset(
     :data:`NOISY_FILE_SETTINGS` when the file records electronic noise."""
     model_config_class(model_kind)
     setup = pick_preset(CALO_PRESETS[model_kind], name, f"{model_kind} preset")
-    if data_path is not None and setup.data.hit_quanta and _noisy(load_showers(data_path, stop=1)):
+    if (
+        data_path is not None
+        and setup.data.hit_quanta
+        and _max_noise(load_showers(data_path, stop=1)) > 0
+    ):
         setup = setup.with_overrides(NOISY_FILE_SETTINGS)
     return setup
 
@@ -666,7 +670,7 @@ def _cell_noise(showers: Showers, path: Any) -> list[float]:
     (one entry per layer slot)."""
     layout, noise = showers.layout, _recorded_noise(showers)
     require(
-        _noisy(showers),
+        _max_noise(showers) > 0,
         f"cell_noise needs the cells' electronic noise, which '{path}' does not record "
         "(files of detgan simulate calo with noise do); drop --set cell_noise=true",
     )
@@ -677,18 +681,19 @@ def _cell_noise(showers: Showers, path: Any) -> list[float]:
     return out.tolist()
 
 
-def _noisy(showers: Showers) -> bool:
-    return max(_recorded_noise(showers) or [0.0]) > 0
+def _max_noise(showers: Showers) -> float:
+    """The largest recorded σ_n (MeV); 0 for a noiseless file or one without provenance."""
+    return max(_recorded_noise(showers) or [0.0])
 
 
 def _check_noiseless(showers: Showers, path: Any) -> None:
     """``hit_quanta`` measures the quantum as the smallest non-zero cell, which noise hides."""
-    sigma = max(_recorded_noise(showers) or [0.0])
+    sigma = _max_noise(showers)
     require(
         sigma <= 0,
         f"hit_quanta needs noiseless cells, but '{path}' records electronic noise (σ_n up to "
-        f"{sigma:.0f} MeV per cell); drop --set hit_quanta=true (the quick/full presets then "
-        "generate the noise: cell_noise, keep_flags, critic_mev_scale)",
+        f"{sigma:.0f} MeV per cell): set hit_quanta=false (the quick/full presets of detgan "
+        "train calo do so on such a file, with cell_noise, keep_flags, critic_mev_scale=100)",
     )
 
 
