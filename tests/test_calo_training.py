@@ -67,6 +67,11 @@ def data(tmp_path_factory):
     return root
 
 
+def _cli_sets(kind: str) -> list[str]:
+    """TINY[kind] as ``--set NAME=VALUE`` arguments."""
+    return [x for k, v in TINY[kind].items() for x in ("--set", f"{k}={v}")]
+
+
 def _setup(kind: str, **extra):
     return calo_preset(kind, "quick").with_overrides({**TINY[kind], "checkpoint_every": 2, **extra})
 
@@ -617,7 +622,7 @@ def test_calochallenge_model_trains_on_atlas_clusters_with_their_noise(data, tmp
         train_calo(_setup("calochallenge"), data / "atlas.h5", tmp_path / "q")
     assert not (tmp_path / "q").exists()
     run, out = tmp_path / "run", tmp_path / "gen.h5"
-    sets = [x for k, v in TINY["calochallenge"].items() for x in ("--set", f"{k}={v}")]
+    sets = _cli_sets("calochallenge")
     argv = ["train", "calo", "--model", "calochallenge", "--data", str(data / "atlas.h5")]
     assert main([*argv, *sets, "-o", str(run), "--device", "cpu"]) == 0  # the quick preset
     assert "records electronic noise: the quick preset generates it" in capsys.readouterr().err
@@ -634,7 +639,7 @@ def test_calochallenge_model_trains_on_atlas_clusters_with_their_noise(data, tmp
 
 def test_cli_train_generate_dispatch(data, tmp_path, capsys):
     run, out = tmp_path / "run", tmp_path / "gen.h5"
-    sets = [x for k, v in TINY["calochallenge"].items() for x in ("--set", f"{k}={v}")]
+    sets = _cli_sets("calochallenge")
     argv = ["train", "calo", "--model", "calochallenge", "--data", str(data / "cc.h5")]
     assert main([*argv, *sets, "-o", str(run), "--quiet", "--device", "cpu"]) == 0
     assert json.loads((run / "config.json").read_text())["model_kind"] == "calochallenge"
