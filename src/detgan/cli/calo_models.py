@@ -88,13 +88,14 @@ def register(commands, groups) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from detgan.studies.calo import calo_preset, train_calo
+    from detgan.studies.calo import NOISY_FILE_SETTINGS, calo_preset, train_calo
 
     preset = calo_preset(args.model, args.preset, None if args.resume else args.data)
     if preset != calo_preset(args.model, args.preset) and not args.quiet:
+        settings = ", ".join(f"{k}={v}" for k, v in NOISY_FILE_SETTINGS.items())
         print(
             f"detgan: '{args.data}' records electronic noise: the {args.preset} preset generates "
-            "it (cell_noise, keep_flags, critic_mev_scale=100) instead of whole deposits",
+            f"it instead of whole deposits ({settings})",
             file=sys.stderr,
         )
     return run_training(args, args.model, configured(args, preset), train_calo, args.data)
