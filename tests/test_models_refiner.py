@@ -44,6 +44,7 @@ def _traces(n: int = 3, side: int = 9, bins: int = 80, active: float = 0.3) -> t
         {"input_skip": True, "station_mask": True, "trigger_gate": True},
         {"critic_pulse_shape": True},
         {"refiner_levels": True, "station_mask": True},
+        {"refiner_levels": True, "level_inputs": "context", "station_mask": True},
     ],
 )
 def test_shapes_and_every_parameter_gets_a_gradient(options):
@@ -120,6 +121,33 @@ def test_level_inputs_keep_one_channel(kind, depends_on_event):
     assert torch.allclose(out[0, 4, 4], out[1, 4, 4]) != depends_on_event
     with pytest.raises(DetganError, match="level_inputs 'mixed' unknown"):
         SMALL.replace(level_inputs="mixed")
+
+
+def test_context_levels_see_the_neighbours_of_the_hottest_station():
+    """``level_inputs=context`` adds the mean and the largest level of the 8 grid neighbours,
+    each minus the station's own: the hottest station (relative level 0 in both events) is
+    refined differently when a neighbour lights up; ``both`` cannot tell the two apart."""
+    u = torch.zeros(2, 9, 9, 80)
+    u[:, 4, 4, 10:20] = 3.0  # the hottest station, identical in both events
+    u[0, 4, 5, 10:14] = 1.0  # a neighbour in event 0 only
+    u[:, 0, 8, 10:14] = 1.0  # a distant station in both
+    r = _alive(Refiner(SMALL.replace(refiner_levels=True, level_inputs="context"))).eval()
+    assert r.lift.in_channels == 5
+    lv = r._levels(u).reshape(2, 9, 9, 4) * 4
+    a = torch.log10(1 + station_signal(u))
+    torch.testing.assert_close(
+        lv[..., :2], Refiner(SMALL.replace(refiner_levels=True))._levels(u).reshape(2, 9, 9, 2) * 4
+    )
+    torch.testing.assert_close(
+        lv[0, 4, 4, 2:], torch.stack([a[0, 4, 5] / 8, a[0, 4, 5]]) - a[0, 4, 4]
+    )
+    torch.testing.assert_close(lv[1, 4, 4, 2:], -a[1, 4, 4].repeat(2))  # no neighbour with signal
+    assert lv[:, 0, 0].abs().sum() == 0  # stations without signal stay 0
+    out = r(u)
+    assert not torch.allclose(out[0, 4, 4], out[1, 4, 4])
+    torch.testing.assert_close(out[0, 0, 8], out[1, 0, 8])  # same trace, same neighbourhood
+    both = _alive(Refiner(SMALL.replace(refiner_levels=True))).eval()(u)
+    torch.testing.assert_close(both[0, 4, 4], both[1, 4, 4])
 
 
 def test_paper_refiner_matches_table_3():

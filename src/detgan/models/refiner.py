@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from detgan.config import Config, require
 
@@ -59,7 +60,12 @@ class RefinerModelConfig(Config):
     depends on the station's distance to the axis (its muon/EM mix, ``airshower.md`` §8, §10),
     which a single trace does not show but its level within the event does; with this option a
     station's refined trace depends on the event's hottest station too. ``level_inputs``
-    (``both``, ``absolute``, ``relative``) keeps only one of the two channels (an ablation).
+    (``both``, ``absolute``, ``relative``) keeps only one of the two channels (an ablation);
+    ``context`` adds two channels of the station's grid neighbourhood (the 8 stations around it
+    in the 9 × 9 grid, as the critic's 3 × 3 convolutions see it): the mean and the largest
+    neighbour level, each minus the station's own level. For the hottest station, whose
+    relative level is always 0, they say how steeply the signal falls off around it, i.e. how
+    far the shower axis is — which sets its pulse shape (``airshower.md`` §10).
     """
 
     channels: int = 64
@@ -90,8 +96,9 @@ class RefinerModelConfig(Config):
         )
 
 
-#: columns of :meth:`Refiner._levels` kept per ``level_inputs`` (absolute a, relative a − max a)
-_LEVEL_COLUMNS = {"both": [0, 1], "absolute": [0], "relative": [1]}
+#: columns of :meth:`Refiner._levels` kept per ``level_inputs``: absolute a, relative a − max a,
+#: neighbour mean − a, neighbour max − a
+_LEVEL_COLUMNS = {"both": [0, 1], "absolute": [0], "relative": [1], "context": [0, 1, 2, 3]}
 
 
 def _vem(u: Tensor) -> Tensor:
@@ -185,12 +192,19 @@ class Refiner(nn.Module):
         return torch.relu(out).squeeze(1)
 
     def _levels(self, u: Tensor) -> Tensor:
-        """(N, n, n, T) → (N·n·n, ≤ 2): a = log10(1 + S) and a − max_event a, divided by 4
-        (the columns of ``level_inputs``); 0 on stations without signal (so they stay inactive
-        for :func:`on_active_stations`)."""
+        """(N, n, n, T) → (N·n·n, ≤ 4): a = log10(1 + S), a − max_event a, and the mean and the
+        largest level of the 8 grid neighbours minus a, divided by 4 (the columns of
+        ``level_inputs``); 0 on stations without signal (so they stay inactive for
+        :func:`on_active_stations`)."""
         a = torch.log10(1.0 + station_signal(u.detach()).clamp_min(0.0))
-        rel = (a - a.amax((1, 2), keepdim=True)) * (a > 0)
-        levels = torch.stack([a, rel], -1)[..., self.level_columns] / 4.0
+        on = a > 0
+        columns = [a, (a - a.amax((1, 2), keepdim=True)) * on]
+        if self.n_levels > 2:
+            side = a.shape[-1]
+            nb = F.unfold(a[:, None], 3, padding=1).reshape(a.shape[0], 9, side, side)
+            nb = torch.cat([nb[:, :4], nb[:, 5:]], 1)  # the 8 neighbours, not the station
+            columns += [(nb.mean(1) - a) * on, (nb.amax(1) - a) * on]
+        levels = torch.stack(columns, -1)[..., self.level_columns] / 4.0
         return levels.reshape(-1, self.n_levels)
 
     def forward(self, u: Tensor) -> Tensor:
