@@ -191,11 +191,24 @@ def _diagnostic_lines(diag: dict[str, Any]) -> list[str]:
         "(0.5: indistinguishable):",
         "",
     ]
-    auc = diag["feature_auc"]
-    lines += _table_lines(
-        [["feature", "sim", "refined"]]
-        + [[k, f"{v['sim']:.3f}", f"{v['refined']:.3f}"] for k, v in auc.items()]
+    auc, without = diag["feature_auc"], diag.get("refined_auc_without", {})
+    head = ["feature", "sim", "refined"] + (
+        ["refined vs data, all others (classifier AUC)"] if without else []
     )
+    lines += _table_lines(
+        [head]
+        + [
+            [k, f"{v['sim']:.3f}", f"{v['refined']:.3f}"]
+            + ([f"{without[k]:.3f}"] if without else [])
+            for k, v in auc.items()
+        ]
+    )
+    if without:
+        lines += [
+            "",
+            "(last column: the classifier's AUC with that feature left out; a large drop from "
+            "the full AUC marks what it relies on, alone or in combination)",
+        ]
     lines += [
         "",
         "Hottest station by log10(S / VEM): events, median rise / fall time (ns), and the rise "
