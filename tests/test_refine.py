@@ -84,6 +84,20 @@ def test_presets_are_valid_and_paper_matches_section_3():
         refine_preset("fast")
 
 
+def test_full_preset_trains_and_refines_with_its_neighbourhood_levels(files, tmp_path):
+    """``full`` (at toy sizes) trains, resumes its config and refines with the context levels:
+    the refiner's lift sees the trace and the four level channels."""
+    setup = refine_preset("full").with_overrides({**TINY, "iterations": 2})
+    assert setup.model.refiner_levels and setup.model.level_inputs == "context"
+    train_refiner(setup, *files, tmp_path / "run", progress=False)
+    model = load_refiner(tmp_path / "run")
+    assert model.setup == setup and model.refiner.lift.in_channels == 5
+    traces = read_arrays(files[0], ["traces"], stop=4)["traces"]
+    refined = model.refine(traces)
+    assert refined.shape == traces.shape and np.isfinite(refined).all()
+    assert ((refined.sum(-1) > 0) <= (traces.sum(-1) > 0)).all()  # no station switched on
+
+
 def test_net_units_round_trip_and_split():
     s = np.array([0.0, 0.5, 9.0, 1e6], dtype=np.float32)
     u = to_net(s)
