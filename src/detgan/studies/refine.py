@@ -178,7 +178,7 @@ def _ours(
 #: Named presets: the paper's setup (GPU) and our CPU designs.
 REFINE_PRESETS: dict[str, RefineSetup] = {
     "paper": _paper(),
-    # ``full`` is ``quick``'s proven design trained 3× longer on all events: the first ``full``
+    # ``full`` began as ``quick``'s design trained 3× longer on all events: the first ``full``
     # (32 maps, 4 blocks, batch 64, 3 000 iterations) measured 2.6 s/iteration on one idle
     # core, 2 h 10 min in all, and was never finished; the moving average in ``quick`` was
     # still improving when it stopped. Since session 11 its refiner also sees each station's
